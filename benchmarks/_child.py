@@ -1,0 +1,120 @@
+"""Subprocess entry point: run the workloads on one system and print JSON.
+
+    python -m benchmarks._child --system fabric|ray [--only a,b] [--quick]
+
+Each system runs in its own process (started by ``benchmarks.run``) so the two
+never share an interpreter, import state, threads or leftover workers.
+
+Output protocol, on stdout, one JSON object per line:
+  {"event": "result", "benchmark": ..., "figures": {...}}   after each benchmark
+  {"event": "error", "benchmark": ..., "error": "..."}       a benchmark failed
+  {"event": "done", "system": ..., "figures": {...}, ...}    always the last line
+The per-benchmark lines let the orchestrator keep finished figures when the
+child later hangs and is killed.  Anything else on stdout (such as worker log
+lines forwarded to the driver) is ignored by the orchestrator.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import importlib.metadata
+import json
+import os
+import platform
+import sys
+import traceback
+from typing import Any
+
+# The workloads' import is the only package-relative one here; it works both
+# as ``python -m benchmarks._child`` and from the Ray interpreter, which gets
+# the repository root on PYTHONPATH.
+from benchmarks import workloads
+
+# Both systems get the same two CPUs, so scheduling parallelism is equal.
+NUM_CPUS = 2
+
+
+def _emit(obj: dict[str, Any]) -> None:
+    # Flushed per line: on a timeout the orchestrator reads whatever arrived.
+    sys.stdout.write(json.dumps(obj) + "\n")
+    sys.stdout.flush()
+
+
+def _init_kwargs(system: str) -> dict[str, Any]:
+    kwargs: dict[str, Any] = {"num_cpus": NUM_CPUS}
+    if system == "ray":
+        # The dashboard is an extra process and HTTP server that Fabric does
+        # not start; leaving it on would charge Ray for something unrelated
+        # to the figures.
+        kwargs["include_dashboard"] = False
+    # Fabric gets no address, so it runs embedded with its defaults (mTLS on):
+    # the figures describe what a tenant gets out of the box.
+    return kwargs
+
+
+def _version(name: str, module: Any) -> str:
+    version = getattr(module, "__version__", None)
+    if version:
+        return str(version)
+    # Fabric's package may not define __version__; its distribution metadata
+    # (pyproject.toml) is the authoritative number anyway.
+    dist = {"fabric": "fabric-compute"}.get(name, name)
+    try:
+        return importlib.metadata.version(dist)
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description="Run the benchmark workloads on one system and print JSON lines."
+    )
+    parser.add_argument("--system", choices=("fabric", "ray"), required=True)
+    parser.add_argument("--only", default=None, help="comma-separated benchmark names")
+    parser.add_argument("--quick", action="store_true", help="small counts, for smoke tests")
+    args = parser.parse_args(argv)
+
+    if args.system == "ray":
+        # Keep Ray from phoning home; set here too so a direct run of this
+        # module behaves like a run through the orchestrator.
+        os.environ.setdefault("RAY_DISABLE_USAGE_STATS", "1")
+
+    names = workloads.parse_names(args.only)
+    errors: dict[str, str] = {}
+
+    def report(name: str, figures: dict[str, float] | None, error: str | None) -> None:
+        if error is not None:
+            errors[name] = error
+            sys.stderr.write(f"benchmark {name} failed:\n{error}")
+            _emit({"event": "error", "benchmark": name, "error": error})
+        else:
+            _emit({"event": "result", "benchmark": name, "figures": figures})
+
+    done: dict[str, Any] = {
+        "event": "done",
+        "system": args.system,
+        "quick": args.quick,
+        "python": platform.python_version(),
+    }
+    try:
+        # importlib rather than ``import fabric as ray`` / ``import ray``: the
+        # module is chosen at run time and only that one must be importable.
+        system = importlib.import_module(args.system)
+        done["version"] = _version(args.system, system)
+        figures = workloads.run_all(
+            system, names, args.quick, init_kwargs=_init_kwargs(args.system), report=report
+        )
+    except Exception:
+        tb = traceback.format_exc()
+        sys.stderr.write(tb)
+        done.update(figures={}, errors=errors, fatal=tb)
+        _emit(done)
+        return 1
+    done.update(figures=figures, errors=errors)
+    _emit(done)
+    return 1 if errors else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

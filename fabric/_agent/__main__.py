@@ -1,0 +1,129 @@
+"""`python -m fabric._agent`: run a node agent (normally started by `fabric start`)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import secrets
+import signal
+from pathlib import Path
+
+import grpc
+
+from fabric._agent.node import NodeAgent
+from fabric._agent.service import ALLOWED_KINDS, AgentService, HeadLink, PeerLinks
+from fabric._agent.workers import WorkerLauncher
+from fabric._launch import add_credential_args, fail, load_credentials, setup_logging, write_ready_file
+from fabric._object_store import ObjectStore, default_store_root
+from fabric._proto import fabric_pb2_grpc as rpc
+from fabric._tls import PeerAuthenticator, RevocationList, auth_aio_server_interceptor, server_credentials
+from fabric.exceptions import FabricError
+
+log = logging.getLogger("fabric.agent")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m fabric._agent", description=__doc__)
+    parser.add_argument("--head", required=True, help="HOST:PORT of the head")
+    parser.add_argument("--listen", default="127.0.0.1:0", help="HOST:PORT to serve on")
+    add_credential_args(parser)
+    parser.add_argument("--region", default="local")
+    parser.add_argument("--resources", default="{}", help='JSON, e.g. {"CPU": 2}')
+    parser.add_argument("--labels", default="{}", help="JSON map of labels")
+    parser.add_argument("--ready-file", type=Path)
+    parser.add_argument("--store-root", type=Path, help="parent of the object store directory")
+    parser.add_argument("--log-dir", type=Path, help="where worker logs go")
+    return parser.parse_args(argv)
+
+
+def _resources(text: str) -> dict[str, float]:
+    try:
+        raw = json.loads(text)
+        if not isinstance(raw, dict):
+            raise ValueError("not a JSON object")
+        resources = {str(k): float(v) for k, v in raw.items()}
+    except (ValueError, TypeError) as e:
+        fail(f"--resources must be a JSON object of numbers: {e}")
+    if "CPU" not in resources:
+        resources["CPU"] = float(os.cpu_count() or 1)
+    return resources
+
+
+async def serve(args: argparse.Namespace) -> None:
+    creds = load_credentials(args.certs, args.identity)
+    if creds.identity.kind != "node":
+        fail(f"an agent needs a node certificate, got {creds.identity.uri}")
+    node_id = creds.identity.name
+    resources = _resources(args.resources)
+    labels = {str(k): str(v) for k, v in json.loads(args.labels).items()}
+    store_root = (args.store_root or default_store_root()) / f"fabric-{node_id}-{secrets.token_hex(4)}"
+    store = ObjectStore(store_root)
+    # Marks the store as this node's, so a co-located client knows it may map it.
+    (store_root / f".node-{node_id}").touch()
+
+    auth = PeerAuthenticator(creds, RevocationList(creds.crl_path, creds.ca_pem) if creds.crl_path else None)
+    server = grpc.aio.server(
+        interceptors=[auth_aio_server_interceptor(auth, ALLOWED_KINDS)],
+        options=[("grpc.max_receive_message_length", 512 << 20),
+                 ("grpc.max_send_message_length", 512 << 20)],
+    )
+    host, _, port = args.listen.rpartition(":")
+    bound = server.add_secure_port(f"{host}:{port}", server_credentials(creds))
+    if bound == 0:
+        fail(f"cannot listen on {args.listen}")
+    address = f"{host}:{bound}"
+
+    node: NodeAgent
+    head: HeadLink
+
+    def address_of(peer: str) -> str | None:
+        info = node.nodes.get(peer)
+        return info.address if info is not None else None
+
+    peers = PeerLinks(node_id, creds, store, address_of)
+    launcher = WorkerLauncher(node_id, store_root, args.log_dir)
+    node = NodeAgent(node_id=node_id, region=args.region, labels=labels, resources=resources,
+                     store=store, launcher=launcher, peers=peers, directory=None)  # type: ignore[arg-type]
+    head = HeadLink(args.head, creds, node, address)
+    node.directory = head
+    node.on_load_change = head.changed.set
+    rpc.add_AgentServicer_to_server(AgentService(node, auth), server)
+    await server.start()
+
+    head_task = asyncio.get_running_loop().create_task(head.run())
+    try:
+        await asyncio.wait_for(head.first_view.wait(), timeout=30)
+    except TimeoutError:
+        fail(f"cannot reach head at {args.head}: {head.error or 'no answer'}")
+    write_ready_file(args.ready_file, address=address, node_id=node_id, store=str(store_root))
+    log.info("agent %s serving on %s (region %s, resources %s)", node_id, address, args.region, resources)
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    log.info("agent %s stopping", node_id)
+    node.shutdown()
+    head_task.cancel()
+    await server.stop(grace=0.5)
+    await peers.close()
+    store.close()
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    setup_logging(f"agent[{args.identity}]")
+    try:
+        asyncio.run(serve(args))
+    except FabricError as e:
+        fail(e.diagnostics())
+    except OSError as e:
+        fail(str(e))
+
+
+if __name__ == "__main__":
+    main()

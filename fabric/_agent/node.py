@@ -1,0 +1,1193 @@
+"""The node agent's rules: sessions, tasks, objects and actors on one node.
+
+Everything here runs on the agent's single asyncio loop, so no locks: a handler runs to
+completion before the next message is looked at. Network and process I/O sit behind the
+small `Peers` and `Directory` interfaces and the worker launcher.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+from collections.abc import Callable, Iterable
+from typing import Protocol
+
+from fabric._agent.state import (
+    ActorEntry,
+    ActorState,
+    ObjEntry,
+    ObjState,
+    Session,
+    TaskEntry,
+    TaskState,
+    return_id,
+)
+from fabric._agent.workers import Worker, WorkerLauncher, WorkerState
+from fabric._object_store import ObjectStore, ObjectStoreError
+from fabric._proto import fabric_pb2 as pb
+from fabric._serialization import INLINE_THRESHOLD, KIND_ERROR, SerializationError, read_header
+from fabric.policy import Decision, NodeView, Outcome, PlacementRequest, decide_placement
+
+log = logging.getLogger(__name__)
+
+E = pb.ErrorInfo
+MAX_RETURNS = 10_000
+
+
+class Peers(Protocol):
+    def send(self, node_id: str, message: pb.PeerMessage) -> None: ...
+
+    async def fetch(self, node_id: str, tenant: str, object_id: bytes) -> pb.ObjectLocation: ...
+
+
+class Directory(Protocol):
+    """The head's actor directory."""
+
+    async def register_actor(self, info: pb.ActorInfo) -> pb.ErrorInfo | None: ...
+
+    async def remove_actor(self, tenant: str, actor_id: bytes) -> None: ...
+
+    async def lookup_actor(self, tenant: str, namespace: str, name: str) -> pb.ActorInfo | None: ...
+
+
+def _err(kind: int, message: str) -> pb.ErrorInfo:
+    return pb.ErrorInfo(kind=kind, message=message)
+
+
+def _unknown(object_id: bytes) -> pb.ErrorInfo:
+    # The same words whether the object never existed, was freed or belongs to another
+    # tenant: a caller must not learn which.
+    return _err(E.UNKNOWN_OBJECT, f"ObjectRef({object_id.hex()}) is unknown (freed, or never yours)")
+
+
+def _blob_error_summary(blob: bytes) -> str:
+    """The readable summary an error blob carries, without unpickling anything."""
+    try:
+        header = read_header(blob)
+        if header.kind != KIND_ERROR or not header.buffers:
+            return "error"
+        offset, length = header.buffers[0]
+        summary = json.loads(bytes(blob[offset : offset + length]))
+        return f"{summary.get('type')}: {summary.get('message')}"
+    except (SerializationError, ValueError, KeyError, TypeError):
+        return "error"
+
+
+class NodeAgent:
+    def __init__(
+        self,
+        *,
+        node_id: str,
+        region: str,
+        labels: dict[str, str],
+        resources: dict[str, float],
+        store: ObjectStore,
+        launcher: WorkerLauncher,
+        peers: Peers,
+        directory: Directory,
+    ) -> None:
+        self.node_id = node_id
+        self.region = region
+        self.labels = labels
+        self.total = dict(resources)
+        self.available = dict(resources)
+        self.store = store
+        self.launcher = launcher
+        self.peers = peers
+        self.directory = directory
+        self.sessions: dict[int, Session] = {}
+        self._next_session = 0
+        self.objects: dict[bytes, ObjEntry] = {}
+        self.tasks: dict[bytes, TaskEntry] = {}
+        self.waiting: list[TaskEntry] = []  # placed here, not yet running
+        self.placing: list[TaskEntry] = []  # no capacity anywhere right now
+        self.functions: dict[tuple[str, bytes], bytes] = {}
+        self.workers: dict[str, list[Worker]] = {}  # tenant -> pool (not actors)
+        self.starting: dict[str, int] = {}
+        self.actors: dict[bytes, ActorEntry] = {}  # hosted here
+        self.actor_locations: dict[bytes, str] = {}  # actors created through this node
+        self.actor_pending: dict[bytes, list[TaskEntry]] = {}  # calls before placement
+        self.nodes: dict[str, pb.NodeInfo] = {}
+        self.view_version = 0
+        self.max_workers_per_tenant = max(4, int(resources.get("CPU", 1)) * 4)
+        self.decisions: list[Decision] = []
+        self.on_decision: Callable[[Decision, pb.TaskSpec], None] | None = None
+        self.on_load_change: Callable[[], None] = lambda: None
+        self._dispatch_scheduled = False
+
+    # ================================================================= sessions
+
+    def open_session(
+        self, tenant: str, namespace: str, identity: str, send: Callable[[pb.ServerMessage], None]
+    ) -> Session:
+        self._next_session += 1
+        session = Session(
+            session_id=self._next_session,
+            tenant=tenant,
+            namespace=namespace or "default",
+            job_id=os.urandom(4),
+            send=send,
+            identity=identity,
+        )
+        self.sessions[session.session_id] = session
+        return session
+
+    def welcome(self, session: Session) -> pb.Welcome:
+        directory = self.store.tenant_directory(session.tenant)
+        return pb.Welcome(
+            node_id=self.node_id,
+            tenant=session.tenant,
+            job_id=session.job_id,
+            store_path=str(directory.directory),
+            namespace=session.namespace,
+            region=self.region,
+        )
+
+    def close_session(self, session: Session) -> None:
+        if session.closed:
+            return
+        session.closed = True
+        self.sessions.pop(session.session_id, None)
+        for object_id in list(session.held):
+            entry = self.objects.get(object_id)
+            if entry is not None:
+                entry.holders.discard(session.session_id)
+                entry.subscribers.discard(session.session_id)
+                self._maybe_free(object_id, entry)
+        session.held.clear()
+        # Actors fate-share with the driver that created them unless detached.
+        for actor_id, node in session.owned_actors.items():
+            self._route_kill(pb.KillActor(actor_id=actor_id, no_restart=True, actor_node=node,
+                                          tenant=session.tenant), "its owner exited")
+        session.owned_actors.clear()
+
+    # ================================================================= client messages
+
+    def handle_client(self, session: Session, message: pb.ClientMessage) -> None:
+        which = message.WhichOneof("body")
+        try:
+            if which == "submit":
+                self._submit(session, message.submit, message.request_id)
+            elif which == "refs":
+                self._ref_update(session, message.refs)
+            elif which == "put":
+                self._put(session, message.put)
+            elif which == "subscribe":
+                for object_id in message.subscribe.object_ids:
+                    self._subscribe(session, object_id)
+            elif which == "blocked":
+                self._blocked(session, message.blocked.blocked)
+            elif which == "kill":
+                kill = message.kill
+                kill.tenant = session.tenant
+                self._route_kill(kill, "killed by fabric.kill")
+            elif which == "cancel":
+                cancel = message.cancel
+                cancel.tenant = session.tenant
+                self._cancel(cancel)
+            elif which == "get_actor":
+                asyncio.get_running_loop().create_task(
+                    self._get_actor(session, message.request_id, message.get_actor)
+                )
+            elif which == "cluster_info":
+                self._reply(session, message.request_id, pb.Reply(cluster=self.cluster_info()))
+            elif which == "fetch":
+                self._fetch_inline(session, message.request_id, message.fetch.object_id)
+            else:
+                self._reply_error(session, message.request_id, E.INVALID_REQUEST,
+                                  f"unexpected message {which!r}")
+        except ObjectStoreError as e:
+            self._reply_error(session, message.request_id, E.INVALID_REQUEST, str(e))
+
+    def _reply(self, session: Session, request_id: int, reply: pb.Reply) -> None:
+        if request_id:
+            session.send(pb.ServerMessage(request_id=request_id, reply=reply))
+
+    def _reply_error(self, session: Session, request_id: int, kind: int, message: str) -> None:
+        if request_id:
+            self._reply(session, request_id, pb.Reply(error=_err(kind, message)))
+        else:
+            log.warning("session %d (%s): %s", session.session_id, session.tenant, message)
+
+    # ---------------------------------------------------------------- objects
+
+    def _owned_entry(self, session: Session, object_id: bytes) -> ObjEntry | None:
+        entry = self.objects.get(object_id)
+        if entry is None or entry.tenant != session.tenant:
+            return None
+        return entry
+
+    def _ref_update(self, session: Session, update: pb.RefUpdate) -> None:
+        sid = session.session_id
+        for object_id in update.add:
+            entry = self._owned_entry(session, object_id)
+            if entry is not None:
+                entry.holders.add(sid)
+                session.held.add(object_id)
+        for object_id in update.release:
+            entry = self._owned_entry(session, object_id)
+            session.held.discard(object_id)
+            if entry is not None:
+                entry.holders.discard(sid)
+                entry.subscribers.discard(sid)
+                self._maybe_free(object_id, entry)
+
+    def _put(self, session: Session, put: pb.PutObject) -> None:
+        object_id = put.object_id
+        if len(object_id) != 20 or object_id in self.objects:
+            raise ObjectStoreError(f"invalid or duplicate object id {object_id.hex()}")
+        entry = ObjEntry(tenant=session.tenant, state=ObjState.READY)
+        if put.WhichOneof("value") == "inline_blob":
+            read_header(put.inline_blob)  # fail early on a malformed blob
+            entry.inline = put.inline_blob
+        else:
+            entry.stored_size = self.store.adopt(session.tenant, object_id, put.sealed_size)
+        entry.holders.add(session.session_id)
+        session.held.add(object_id)
+        self.objects[object_id] = entry
+        self._contain(entry, put.contained_ids)
+        self.on_load_change()
+
+    def _contain(self, entry: ObjEntry, contained: Iterable[bytes]) -> None:
+        for inner_id in contained:
+            inner = self.objects.get(inner_id)
+            if inner is not None and inner.tenant == entry.tenant:
+                inner.pins += 1
+                entry.contained.append(inner_id)
+
+    def _subscribe(self, session: Session, object_id: bytes) -> None:
+        entry = self._owned_entry(session, object_id)
+        if entry is None:
+            session.send(pb.ServerMessage(ready=pb.ObjectReady(object_id=object_id, error=_unknown(object_id))))
+            return
+        entry.holders.add(session.session_id)
+        session.held.add(object_id)
+        if entry.local:
+            self._push(session, object_id, entry)
+        else:
+            entry.subscribers.add(session.session_id)
+            self._ensure_fetch(object_id, entry)
+
+    def _push(self, session: Session, object_id: bytes, entry: ObjEntry) -> None:
+        ready = pb.ObjectReady(object_id=object_id)
+        if entry.error is not None:
+            ready.error.CopyFrom(entry.error)
+        elif entry.inline is not None:
+            ready.inline_blob = entry.inline
+        else:
+            ready.stored_size = entry.stored_size
+        session.send(pb.ServerMessage(ready=ready))
+
+    def _fetch_inline(self, session: Session, request_id: int, object_id: bytes) -> None:
+        entry = self._owned_entry(session, object_id)
+        if entry is None or not entry.local:
+            self._reply(session, request_id, pb.Reply(error=_unknown(object_id)))
+            return
+        if entry.inline is not None:
+            blob = entry.inline
+        else:
+            blob = b"".join(bytes(c) for c in self.store.iter_chunks(entry.tenant, object_id))
+        self._reply(session, request_id, pb.Reply(inline_blob=blob))
+
+    def _object_ready(self, object_id: bytes, entry: ObjEntry) -> None:
+        waiters, entry.waiters = entry.waiters, []
+        for waiter in waiters:
+            waiter()
+        if entry.subscribers:
+            subscribers, entry.subscribers = entry.subscribers, set()
+            for sid in subscribers:
+                session = self.sessions.get(sid)
+                if session is not None:
+                    self._push(session, object_id, entry)
+        self._maybe_free(object_id, entry)
+
+    def _ensure_fetch(self, object_id: bytes, entry: ObjEntry) -> None:
+        """Pull an object that lives (or will live) on another node into this one."""
+        if entry.local or entry.fetching or not entry.location or entry.location == self.node_id:
+            return
+        if entry.state is ObjState.PENDING and not entry.location:
+            return
+        entry.fetching = True
+        asyncio.get_running_loop().create_task(self._fetch(object_id, entry))
+
+    async def _fetch(self, object_id: bytes, entry: ObjEntry) -> None:
+        try:
+            location = await self.peers.fetch(entry.location, entry.tenant, object_id)
+            self._fill(entry, object_id, location)
+        except Exception as e:  # noqa: BLE001 - any failure to pull leaves the object lost
+            log.warning("fetching %s from %s failed: %s", object_id.hex(), entry.location, e)
+            entry.error = _err(E.OBJECT_LOST, f"could not fetch ObjectRef({object_id.hex()}) "
+                                              f"from node {entry.location}: {e}")
+        entry.fetching = False
+        entry.state = ObjState.READY
+        self._object_ready(object_id, entry)
+
+    def _fill(self, entry: ObjEntry, object_id: bytes, location: pb.ObjectLocation) -> None:
+        which = location.WhichOneof("value")
+        if which == "inline_blob":
+            entry.inline = location.inline_blob
+        elif which == "error":
+            entry.error = location.error
+        elif which == "stored_size":
+            # Stored on this node by the peer fetch.
+            entry.stored_size = location.stored_size
+
+    def _maybe_free(self, object_id: bytes, entry: ObjEntry) -> None:
+        if entry.holders or entry.pins or entry.subscribers or entry.state is ObjState.PENDING:
+            return
+        if entry.remote_owner:
+            return  # a copy: the owner node decides
+        self._delete(object_id, entry)
+        for node in entry.copies | ({entry.location} if entry.location else set()):
+            if node != self.node_id:
+                self.peers.send(node, pb.PeerMessage(free=pb.ObjectLocation(object_id=object_id,
+                                                                            tenant=entry.tenant)))
+
+    def _delete(self, object_id: bytes, entry: ObjEntry) -> None:
+        self.objects.pop(object_id, None)
+        if entry.stored_size >= 0:
+            self.store.delete(entry.tenant, object_id)
+        for inner_id in entry.contained:
+            inner = self.objects.get(inner_id)
+            if inner is not None:
+                inner.pins -= 1
+                self._maybe_free(inner_id, inner)
+
+    # ---------------------------------------------------------------- submit and placement
+
+    def _submit(self, session: Session, spec: pb.TaskSpec, request_id: int) -> None:
+        problem = _validate_spec(spec)
+        spec.tenant = session.tenant
+        spec.owner_node = self.node_id
+        spec.job_id = session.job_id
+        spec.caller_id = session.session_id.to_bytes(8, "big")
+        if spec.function_blob:
+            self.functions[(session.tenant, spec.function_digest)] = spec.function_blob
+            spec.ClearField("function_blob")
+        task = TaskEntry(spec, origin_session=session.session_id)
+        task.retries_left = spec.max_retries if spec.kind == pb.NORMAL_TASK else (
+            spec.actor_options.max_task_retries if spec.kind == pb.ACTOR_TASK else 0)
+        for object_id in task.return_ids:
+            entry = ObjEntry(tenant=session.tenant, producer=spec.task_id)
+            entry.holders.add(session.session_id)
+            entry.subscribers.add(session.session_id)
+            session.held.add(object_id)
+            self.objects[object_id] = entry
+        if problem is not None:
+            self._reply_error(session, request_id, E.INVALID_REQUEST, problem)
+            self._fail(task, _err(E.INVALID_REQUEST, problem))
+            return
+        if spec.kind == pb.NORMAL_TASK and (session.tenant, spec.function_digest) not in self.functions:
+            self._fail(task, _err(E.INVALID_REQUEST, "unknown function digest"))
+            return
+        self.tasks[spec.task_id] = task
+        if not self._pin_args(task, from_node=""):
+            return
+        if spec.kind == pb.ACTOR_CREATION:
+            if not spec.actor_options.detached:
+                session.owned_actors[spec.actor_id] = ""
+            self.actor_pending[spec.actor_id] = []
+            asyncio.get_running_loop().create_task(self._create_actor(session, task, request_id))
+            return
+        self._reply(session, request_id, pb.Reply())
+        self._route(task)
+
+    async def _create_actor(self, session: Session, task: TaskEntry, request_id: int) -> None:
+        spec = task.spec
+        options = spec.actor_options
+        if options.name:
+            options.namespace = options.namespace or session.namespace
+            info = pb.ActorInfo(
+                actor_id=spec.actor_id, name=options.name, namespace=options.namespace,
+                node_id="", state="pending", class_name=options.class_name,
+                handle_meta=options.handle_meta, tenant=session.tenant,
+            )
+            error = await self.directory.register_actor(info)
+            if error is not None:
+                self._reply(session, request_id, pb.Reply(error=error))
+                session.owned_actors.pop(spec.actor_id, None)
+                self._fail(task, error)
+                self._actor_placed(spec.actor_id, "")
+                return
+        self._reply(session, request_id, pb.Reply())
+        self._route(task)
+
+    def _pin_args(self, task: TaskEntry, from_node: str) -> bool:
+        """Pin every object argument for the task's lifetime; fail the task on a bad ref."""
+        tenant = task.spec.tenant
+        pinned: list[bytes] = []
+        for arg in task.spec.args:
+            if arg.WhichOneof("value") != "object_id":
+                continue
+            object_id = arg.object_id
+            entry = self.objects.get(object_id)
+            if entry is None and arg.owner_node and arg.owner_node != self.node_id and (
+                arg.owner_node in self.nodes
+            ):
+                entry = ObjEntry(tenant=tenant, state=ObjState.UNKNOWN, location=arg.owner_node,
+                                 remote_owner=arg.owner_node)
+                self.objects[object_id] = entry
+            if entry is None or entry.tenant != tenant:
+                for done in pinned:
+                    self._unpin(done)
+                self._fail(task, _unknown(object_id))
+                return False
+            entry.pins += 1
+            pinned.append(object_id)
+        return True
+
+    def _unpin(self, object_id: bytes) -> None:
+        entry = self.objects.get(object_id)
+        if entry is not None:
+            entry.pins -= 1
+            self._maybe_free(object_id, entry)
+
+    def _unpin_args(self, task: TaskEntry) -> None:
+        for arg in task.spec.args:
+            if arg.WhichOneof("value") == "object_id":
+                self._unpin(arg.object_id)
+
+    def _node_views(self) -> list[NodeView]:
+        views = [NodeView(self.node_id, self.region, self.total, self.available, True, self.labels)]
+        for info in self.nodes.values():
+            if info.node_id != self.node_id:
+                views.append(NodeView(info.node_id, info.region, dict(info.total), dict(info.available),
+                                      info.alive, dict(info.labels)))
+        return views
+
+    def _route(self, task: TaskEntry) -> None:
+        spec = task.spec
+        if spec.kind == pb.ACTOR_TASK:
+            self._route_actor_call(task)
+            return
+        request = PlacementRequest(
+            tenant=spec.tenant,
+            task_id=spec.task_id,
+            resources=dict(spec.resources),
+            local_node_id=self.node_id,
+            pinned_node_id=self.node_id if task.origin_node else None,
+        )
+        decision = decide_placement(request, self._node_views(), view_version=self.view_version)
+        if self.on_decision is not None:
+            self.on_decision(decision, spec)
+        if spec.kind == pb.ACTOR_CREATION:
+            placed = decision.node_id if decision.outcome is Outcome.PLACE else None
+            if placed is not None or decision.outcome is Outcome.REFUSE:
+                self._actor_placed(spec.actor_id, placed or "")
+        if decision.outcome is Outcome.PLACE and decision.node_id == self.node_id:
+            if task.origin_node and not _fits(spec.resources, self.available):
+                self.waiting.append(task)  # spilled here: wait for local capacity
+                task.state = TaskState.WAITING
+                self._prepare_args(task, self._schedule_dispatch)
+                return
+            self._place_here(task)
+        elif decision.outcome is Outcome.PLACE and decision.node_id:
+            self._forward(task, decision.node_id)
+        elif decision.outcome is Outcome.QUEUE:
+            task.state = TaskState.PLACING
+            self.placing.append(task)
+        else:
+            self._fail(task, _err(E.PLACEMENT_REFUSED, "; ".join(decision.reasons)))
+
+    def _route_actor_call(self, task: TaskEntry) -> None:
+        actor_id = task.spec.actor_id
+        if actor_id in self.actors:
+            self._actor_call(task)
+            return
+        pending = self.actor_pending.get(actor_id)
+        if pending is not None:
+            pending.append(task)  # the actor is not placed yet; keep submission order
+            return
+        node = self.actor_locations.get(actor_id) or task.spec.actor_node
+        if node and node != self.node_id:
+            self._forward(task, node)
+            return
+        self._fail(task, _err(E.ACTOR_DIED, f"actor {actor_id.hex()} is not alive"))
+
+    def _actor_placed(self, actor_id: bytes, node_id: str) -> None:
+        if node_id:
+            self.actor_locations[actor_id] = node_id
+        for task in self.actor_pending.pop(actor_id, []):
+            self._route_actor_call(task)
+
+    def _place_here(self, task: TaskEntry) -> None:
+        task.state = TaskState.WAITING
+        if task.spec.kind == pb.ACTOR_CREATION:
+            self._start_actor(task)
+            return
+        self._prepare_args(task, self._schedule_dispatch)
+        self.waiting.append(task)
+        self._schedule_dispatch()
+
+    def _forward(self, task: TaskEntry, node_id: str) -> None:
+        spec = task.spec
+        task.state = TaskState.REMOTE
+        task.remote_node = node_id
+        forward = pb.TaskSpec()
+        forward.CopyFrom(spec)
+        if spec.kind != pb.ACTOR_TASK:
+            forward.function_blob = self.functions.get((spec.tenant, spec.function_digest), b"")
+        for arg in forward.args:
+            if arg.WhichOneof("value") == "object_id":
+                entry = self.objects.get(arg.object_id)
+                if entry is not None and not entry.remote_owner:
+                    arg.owner_node = self.node_id  # ask us: we know where it is
+        if spec.kind == pb.ACTOR_CREATION:
+            session = self.sessions.get(task.origin_session)
+            if session is not None and spec.actor_id in session.owned_actors:
+                session.owned_actors[spec.actor_id] = node_id
+        self.peers.send(node_id, pb.PeerMessage(forward=forward))
+
+    def _prepare_args(self, task: TaskEntry, on_ready: Callable[[], None]) -> None:
+        """Count the task's arguments not yet on this node and start pulling them."""
+        missing = 0
+        for arg in task.spec.args:
+            if arg.WhichOneof("value") != "object_id":
+                continue
+            entry = self.objects.get(arg.object_id)
+            if entry is None or entry.local:
+                continue
+            missing += 1
+
+            def arrived(task: TaskEntry = task) -> None:
+                task.missing_args -= 1
+                if task.missing_args == 0:
+                    on_ready()
+
+            entry.waiters.append(arrived)
+            self._ensure_fetch(arg.object_id, entry)
+        task.missing_args = missing
+
+    # ---------------------------------------------------------------- dispatch
+
+    def _schedule_dispatch(self) -> None:
+        if not self._dispatch_scheduled:
+            self._dispatch_scheduled = True
+            asyncio.get_running_loop().call_soon(self._dispatch)
+
+    def _dispatch(self) -> None:
+        self._dispatch_scheduled = False
+        if self.placing:
+            placing, self.placing = self.placing, []
+            for task in placing:
+                self._route(task)
+        still: list[TaskEntry] = []
+        wanted: dict[str, int] = {}
+        for task in self.waiting:
+            if task.cancelled or task.state is not TaskState.WAITING:
+                continue
+            if task.missing_args or not _fits(task.spec.resources, self.available):
+                still.append(task)
+                continue
+            error = self._arg_error(task)
+            if error is not None:
+                self._fail(task, error)
+                continue
+            worker = self._idle_worker(task.spec.tenant)
+            if worker is None:
+                wanted[task.spec.tenant] = wanted.get(task.spec.tenant, 0) + 1
+                still.append(task)
+                continue
+            self._acquire(task)
+            self._execute(task, worker)
+        self.waiting = still
+        for tenant, count in wanted.items():
+            pool = self.workers.get(tenant, [])
+            starting = self.starting.get(tenant, 0)
+            room = self.max_workers_per_tenant - len(pool) - starting
+            for _ in range(max(0, min(count - starting, room))):
+                self._spawn_pool_worker(tenant)
+        self.on_load_change()
+
+    def _idle_worker(self, tenant: str) -> Worker | None:
+        for worker in self.workers.get(tenant, ()):
+            if worker.state is WorkerState.IDLE:
+                return worker
+        return None
+
+    def _acquire(self, task: TaskEntry) -> None:
+        for name, amount in task.spec.resources.items():
+            self.available[name] = self.available.get(name, 0.0) - amount
+        task.acquired = dict(task.spec.resources)
+
+    def _release(self, task: TaskEntry) -> None:
+        if task.lent:
+            task.lent = False
+            task.acquired.pop("CPU", None)
+        for name, amount in task.acquired.items():
+            self.available[name] = self.available.get(name, 0.0) + amount
+        task.acquired = {}
+
+    def _arg_error(self, task: TaskEntry) -> pb.ErrorInfo | None:
+        """An argument that is itself an error fails the task without running it."""
+        for arg in task.spec.args:
+            if arg.WhichOneof("value") != "object_id":
+                continue
+            entry = self.objects.get(arg.object_id)
+            if entry is None:
+                return _unknown(arg.object_id)
+            if entry.error is not None:
+                return entry.error
+        return None
+
+    def _resolved_args(self, task: TaskEntry) -> list[pb.ResolvedArg]:
+        resolved = []
+        for arg in task.spec.args:
+            r = pb.ResolvedArg(keyword=arg.keyword)
+            if arg.WhichOneof("value") == "inline_blob":
+                r.inline_blob = arg.inline_blob
+            else:
+                entry = self.objects[arg.object_id]
+                if entry.inline is not None:
+                    r.inline_blob = entry.inline
+                else:
+                    r.stored_id = arg.object_id
+            resolved.append(r)
+        return resolved
+
+    def _execute(self, task: TaskEntry, worker: Worker) -> None:
+        spec = task.spec
+        task.state = TaskState.RUNNING
+        task.worker = worker
+        worker.state = WorkerState.BUSY
+        worker.running[spec.task_id] = task
+        execute = pb.ExecuteTask(args=self._resolved_args(task))
+        execute.spec.CopyFrom(spec)
+        digest = spec.function_digest
+        if spec.kind != pb.ACTOR_TASK and digest not in worker.seen_digests:
+            execute.spec.function_blob = self.functions.get((spec.tenant, digest), b"")
+            worker.seen_digests.add(digest)
+        worker.send(pb.ToWorker(execute=execute))
+
+    # ---------------------------------------------------------------- workers
+
+    def _spawn_pool_worker(self, tenant: str) -> None:
+        self.starting[tenant] = self.starting.get(tenant, 0) + 1
+
+        async def spawn() -> None:
+            try:
+                worker = await self._spawn(tenant)
+            except Exception:
+                log.exception("could not start a worker for tenant %s", tenant)
+                return
+            finally:
+                self.starting[tenant] -= 1
+            self.workers.setdefault(tenant, []).append(worker)
+
+        asyncio.get_running_loop().create_task(spawn())
+
+    async def _spawn(self, tenant: str, actor_id: bytes = b"") -> Worker:
+        directory = self.store.tenant_directory(tenant)
+        worker = await self.launcher.spawn(
+            tenant, directory.directory, self.handle_worker, self._worker_exited, actor_id
+        )
+        session = self.open_session(tenant, "", f"worker:{worker.pid}", _worker_sender(worker))
+        session.worker = worker
+        worker.session_id = session.session_id
+        return worker
+
+    def worker_count(self) -> int:
+        return sum(len(p) for p in self.workers.values()) + sum(
+            1 for a in self.actors.values() if a.worker is not None
+        )
+
+    def handle_worker(self, worker: Worker, message: pb.FromWorker) -> None:
+        which = message.WhichOneof("body")
+        if which == "result":
+            self._task_done(worker, message.result)
+        elif which == "client":
+            session = self.sessions.get(worker.session_id)
+            if session is not None:
+                self.handle_client(session, message.client)
+        elif which == "started":
+            if worker.actor_id:
+                actor = self.actors.get(worker.actor_id)
+                if actor is not None and actor.worker is worker:
+                    self._execute(actor.creation, worker)
+            else:
+                worker.state = WorkerState.IDLE
+                self._schedule_dispatch()
+
+    def _blocked(self, session: Session, blocked: bool) -> None:
+        worker = session.worker
+        if worker is None:
+            return
+        for task in worker.running.values():
+            assert isinstance(task, TaskEntry)
+            cpu = task.spec.resources.get("CPU", 0.0)
+            if not cpu or task.lent == blocked:
+                continue
+            task.lent = blocked
+            self.available["CPU"] = self.available.get("CPU", 0.0) + (cpu if blocked else -cpu)
+        if blocked:
+            self._schedule_dispatch()
+
+    def _worker_exited(self, worker: Worker) -> None:
+        code = worker.process.returncode
+        reason = worker.death_reason or (
+            f"worker process {worker.pid} died (signal {-code})" if code is not None and code < 0
+            else f"worker process {worker.pid} exited with code {code}"
+        )
+        session = self.sessions.get(worker.session_id)
+        if session is not None:
+            self.close_session(session)
+        if worker.actor_id:
+            self._actor_worker_died(worker, reason)
+            return
+        pool = self.workers.get(worker.tenant, [])
+        if worker in pool:
+            pool.remove(worker)
+        for task in list(worker.running.values()):
+            assert isinstance(task, TaskEntry)
+            self._release(task)
+            task.worker = None
+            if task.cancelled:
+                self._fail(task, _err(E.TASK_CANCELLED, "the task was cancelled"))
+            elif task.retries_left != 0:
+                task.retries_left -= 1
+                log.info("retrying task %s after: %s", task.task_id.hex(), reason)
+                task.state = TaskState.WAITING
+                self.waiting.append(task)
+            else:
+                self._fail(task, _err(E.WORKER_CRASHED, f"{reason} while running "
+                                                         f"{task.spec.function_name}"))
+        worker.running.clear()
+        self._schedule_dispatch()
+
+    # ---------------------------------------------------------------- results
+
+    def _task_done(self, worker: Worker, result: pb.TaskResult) -> None:
+        task = worker.running.pop(result.task_id, None)
+        if not isinstance(task, TaskEntry):
+            return
+        task.worker = None
+        spec = task.spec
+        if spec.kind == pb.ACTOR_CREATION:
+            self._actor_started(task, result)
+            return
+        if spec.kind == pb.NORMAL_TASK:
+            self._release(task)
+            worker.state = WorkerState.IDLE
+        else:
+            actor = self.actors.get(spec.actor_id)
+            if actor is not None:
+                actor.inflight.pop(spec.task_id, None)
+        self._store_results(task, result)
+        self._schedule_dispatch()
+
+    def _store_results(self, task: TaskEntry, result: pb.TaskResult) -> None:
+        tenant = task.spec.tenant
+        expected = set(task.return_ids)
+        locations = []
+        for value in result.returns:
+            object_id = value.object_id
+            if object_id not in expected:
+                continue  # a worker may only fill its task's own return slots
+            entry = self.objects.get(object_id)
+            if entry is None:
+                entry = ObjEntry(tenant=tenant, remote_owner=task.origin_node)
+                self.objects[object_id] = entry
+            which = value.WhichOneof("value")
+            try:
+                if which == "inline_blob":
+                    entry.inline = value.inline_blob
+                else:
+                    entry.stored_size = self.store.adopt(tenant, object_id, value.stored_size)
+            except ObjectStoreError as e:
+                entry.error = _err(E.OBJECT_LOST, f"the task's result could not be stored: {e}")
+            self._contain(entry, value.contained_ids)
+            entry.state = ObjState.READY
+            location = pb.ObjectLocation(object_id=object_id, tenant=tenant,
+                                         contained_ids=value.contained_ids)
+            if entry.inline is not None:
+                location.inline_blob = entry.inline
+            elif entry.error is not None:
+                location.error.CopyFrom(entry.error)
+            else:
+                location.stored_size = entry.stored_size
+            locations.append(location)
+        self._finish(task, locations)
+
+    def _fail(self, task: TaskEntry, error: pb.ErrorInfo) -> None:
+        tenant = task.spec.tenant
+        locations = []
+        for object_id in task.return_ids:
+            entry = self.objects.get(object_id)
+            if entry is None:
+                entry = ObjEntry(tenant=tenant, remote_owner=task.origin_node)
+                self.objects[object_id] = entry
+            entry.error = error
+            entry.state = ObjState.READY
+            locations.append(pb.ObjectLocation(object_id=object_id, tenant=tenant, error=error))
+        self._finish(task, locations)
+
+    def _finish(self, task: TaskEntry, locations: list[pb.ObjectLocation]) -> None:
+        if task.state is TaskState.DONE:
+            return
+        task.state = TaskState.DONE
+        self.tasks.pop(task.task_id, None)
+        self._unpin_args(task)
+        if task.origin_node:
+            self.peers.send(task.origin_node, pb.PeerMessage(
+                finished=pb.TaskFinished(task_id=task.task_id, returns=locations)))
+        for location in locations:
+            entry = self.objects.get(location.object_id)
+            if entry is not None:
+                self._object_ready(location.object_id, entry)
+
+    # ================================================================= actors (hosted here)
+
+    def _start_actor(self, task: TaskEntry) -> None:
+        spec = task.spec
+        actor = ActorEntry(creation=task, restarts_left=spec.actor_options.max_restarts)
+        self.actors[spec.actor_id] = actor
+        actor.resources = dict(spec.resources)
+        options = spec.actor_options
+        if options.name:
+            info = pb.ActorInfo(actor_id=spec.actor_id, name=options.name, namespace=options.namespace,
+                                node_id=self.node_id, state="alive", class_name=options.class_name,
+                                handle_meta=options.handle_meta, tenant=spec.tenant)
+            asyncio.get_running_loop().create_task(self.directory.register_actor(info))
+        self._acquire(task)
+        task.acquired = {}
+        self._prepare_args(task, lambda: self._spawn_actor_worker(actor))
+        if task.missing_args == 0:
+            self._spawn_actor_worker(actor)
+
+    def _spawn_actor_worker(self, actor: ActorEntry) -> None:
+        async def spawn() -> None:
+            try:
+                worker = await self._spawn(actor.tenant, actor.creation.spec.actor_id)
+            except Exception as e:  # noqa: BLE001
+                self._actor_dead(actor, _err(E.ACTOR_DIED, f"could not start the actor's worker: {e}"))
+                return
+            if actor.state is ActorState.DEAD:
+                worker.kill()
+                return
+            actor.worker = worker
+
+        asyncio.get_running_loop().create_task(spawn())
+
+    def _actor_started(self, task: TaskEntry, result: pb.TaskResult) -> None:
+        actor = self.actors.get(task.spec.actor_id)
+        if actor is None:
+            return
+        if result.is_error:
+            blob = result.returns[0].inline_blob if result.returns else b""
+            summary = _blob_error_summary(blob)
+            actor.restarts_left = 0
+            self._actor_dead(actor, _err(E.ACTOR_DIED, f"the actor's constructor raised {summary}"))
+            if actor.worker is not None:
+                actor.worker.kill()
+            return
+        first_start = actor.state is ActorState.STARTING
+        actor.state = ActorState.ALIVE
+        if first_start:
+            self._store_results(task, result)
+        self._pump_actor(actor)
+
+    def _actor_call(self, task: TaskEntry) -> None:
+        spec = task.spec
+        actor = self.actors.get(spec.actor_id)
+        if actor is None or actor.tenant != spec.tenant:
+            self._fail(task, _err(E.ACTOR_DIED, f"actor {spec.actor_id.hex()} is not alive on this node"))
+            return
+        if actor.state is ActorState.DEAD:
+            assert actor.death is not None
+            self._fail(task, actor.death)
+            return
+        task.state = TaskState.WAITING
+        actor.queued.append(task)
+        self._prepare_args(task, lambda: self._pump_actor(actor))
+        self._pump_actor(actor)
+
+    def _pump_actor(self, actor: ActorEntry) -> None:
+        """Send queued calls in submission order while their arguments are here."""
+        if actor.state is not ActorState.ALIVE or actor.worker is None:
+            return
+        while actor.queued and actor.queued[0].missing_args == 0:
+            task = actor.queued.pop(0)
+            if task.cancelled:
+                self._fail(task, _err(E.TASK_CANCELLED, "the task was cancelled"))
+                continue
+            error = self._arg_error(task)
+            if error is not None:
+                self._fail(task, error)
+                continue
+            actor.inflight[task.task_id] = task
+            self._execute(task, actor.worker)
+
+    def _actor_worker_died(self, worker: Worker, reason: str) -> None:
+        actor = self.actors.get(worker.actor_id)
+        if actor is None or actor.worker is not worker:
+            return
+        actor.worker = None
+        if actor.state is ActorState.DEAD:
+            return
+        if actor.restarts_left != 0 and actor.state is not ActorState.STARTING:
+            actor.restarts_left -= 1
+            actor.state = ActorState.RESTARTING
+            retry: list[TaskEntry] = []
+            for task in actor.inflight.values():
+                if task.retries_left != 0:
+                    task.retries_left -= 1
+                    task.missing_args = 0
+                    retry.append(task)
+                else:
+                    self._fail(task, _err(E.ACTOR_DIED, f"the actor died while running "
+                                                        f"{task.spec.method_name}: {reason}"))
+            actor.inflight.clear()
+            actor.queued[:0] = retry
+            log.info("restarting actor %s after: %s", actor.creation.spec.actor_id.hex(), reason)
+            self._spawn_actor_worker(actor)
+            return
+        self._actor_dead(actor, _err(E.ACTOR_DIED, f"the actor died: {reason}"))
+
+    def _actor_dead(self, actor: ActorEntry, error: pb.ErrorInfo) -> None:
+        if actor.state is ActorState.DEAD:
+            return
+        first_start = actor.state is ActorState.STARTING
+        actor.state = ActorState.DEAD
+        actor.death = error
+        for task in [*actor.inflight.values(), *actor.queued]:
+            self._fail(task, error)
+        actor.inflight.clear()
+        actor.queued.clear()
+        for name, amount in actor.resources.items():
+            self.available[name] = self.available.get(name, 0.0) + amount
+        actor.resources = {}
+        if first_start:
+            self._fail(actor.creation, error)
+        spec = actor.creation.spec
+        if spec.actor_options.name:
+            asyncio.get_running_loop().create_task(self.directory.remove_actor(spec.tenant, spec.actor_id))
+        self._schedule_dispatch()
+
+    def _route_kill(self, kill: pb.KillActor, reason: str) -> None:
+        node = self.node_id if kill.actor_id in self.actors else (
+            self.actor_locations.get(kill.actor_id) or kill.actor_node or self.node_id)
+        if node != self.node_id:
+            self.peers.send(node, pb.PeerMessage(kill=kill))
+            return
+        actor = self.actors.get(kill.actor_id)
+        if actor is None or actor.tenant != kill.tenant or actor.state is ActorState.DEAD:
+            return
+        if kill.no_restart:
+            actor.restarts_left = 0
+            self._actor_dead(actor, _err(E.ACTOR_DIED, f"the actor was {reason}"))
+        if actor.worker is not None:
+            actor.worker.death_reason = reason
+            actor.worker.kill()
+
+    async def _get_actor(self, session: Session, request_id: int, query: pb.GetActor) -> None:
+        namespace = query.namespace or session.namespace
+        info = await self.directory.lookup_actor(session.tenant, namespace, query.name)
+        if info is None:
+            self._reply(session, request_id, pb.Reply(error=_err(
+                E.ACTOR_NOT_FOUND, f"no actor named {query.name!r} in namespace {namespace!r}")))
+        else:
+            self._reply(session, request_id, pb.Reply(actor=info))
+
+    def actor_node_known(self, actor_id: bytes, node_id: str) -> None:
+        pass
+
+    # ================================================================= cancel
+
+    def _cancel(self, cancel: pb.CancelTask) -> None:
+        task = self.tasks.get(cancel.task_id)
+        if task is None or task.spec.tenant != cancel.tenant:
+            return
+        if task.state is TaskState.REMOTE:
+            self.peers.send(task.remote_node, pb.PeerMessage(cancel=cancel))
+            return
+        task.cancelled = True
+        if task.state in (TaskState.PLACING, TaskState.WAITING):
+            if task in self.placing:
+                self.placing.remove(task)
+            self._fail(task, _err(E.TASK_CANCELLED, "the task was cancelled before it ran"))
+        elif task.state is TaskState.RUNNING and task.worker is not None:
+            if cancel.force and task.spec.kind == pb.NORMAL_TASK:
+                task.worker.death_reason = "the task was force-cancelled"
+                task.worker.kill()
+            else:
+                task.worker.send(pb.ToWorker(cancel=cancel))
+
+    # ================================================================= peers
+
+    def handle_peer(self, from_node: str, message: pb.PeerMessage) -> None:
+        which = message.WhichOneof("body")
+        if which == "forward":
+            self._accept_forward(from_node, message.forward)
+        elif which == "finished":
+            self._remote_finished(from_node, message.finished)
+        elif which == "kill":
+            self._route_kill(message.kill, "killed by fabric.kill")
+        elif which == "cancel":
+            self._cancel(message.cancel)
+        elif which == "free":
+            entry = self.objects.get(message.free.object_id)
+            if entry is not None and entry.tenant == message.free.tenant and entry.remote_owner == from_node:
+                entry.remote_owner = ""
+                entry.holders.clear()
+                self._maybe_free(message.free.object_id, entry)
+
+    def _accept_forward(self, from_node: str, spec: pb.TaskSpec) -> None:
+        if spec.function_blob:
+            self.functions[(spec.tenant, spec.function_digest)] = spec.function_blob
+            spec.ClearField("function_blob")
+        task = TaskEntry(spec, origin_node=from_node)
+        task.retries_left = spec.max_retries if spec.kind == pb.NORMAL_TASK else (
+            spec.actor_options.max_task_retries if spec.kind == pb.ACTOR_TASK else 0)
+        for object_id in task.return_ids:
+            self.objects[object_id] = ObjEntry(tenant=spec.tenant, producer=spec.task_id,
+                                               remote_owner=from_node)
+        self.tasks[spec.task_id] = task
+        if not self._pin_args(task, from_node=from_node):
+            return
+        self._route(task)
+
+    def _remote_finished(self, from_node: str, finished: pb.TaskFinished) -> None:
+        task = self.tasks.get(finished.task_id)
+        if task is None or task.remote_node != from_node:
+            return
+        expected = set(task.return_ids)
+        locations = []
+        for location in finished.returns:
+            object_id = location.object_id
+            entry = self.objects.get(object_id)
+            if object_id not in expected or entry is None:
+                continue
+            which = location.WhichOneof("value")
+            if which == "stored_size":
+                entry.location = from_node  # the blob stays there until we free it
+            else:
+                self._fill(entry, object_id, location)
+            self._contain(entry, location.contained_ids)
+            entry.state = ObjState.READY
+            locations.append(location)
+        if task.spec.kind == pb.ACTOR_CREATION:
+            error = next((loc.error for loc in finished.returns if loc.HasField("error")), None)
+            if error is not None:
+                session = self.sessions.get(task.origin_session)
+                if session is not None:
+                    session.owned_actors.pop(task.spec.actor_id, None)
+        task.state = TaskState.DONE
+        self.tasks.pop(task.task_id, None)
+        self._unpin_args(task)
+        for location in locations:
+            entry = self.objects.get(location.object_id)
+            if entry is None:
+                continue
+            if entry.location and not entry.local and entry.subscribers:
+                self._ensure_fetch(location.object_id, entry)
+            else:
+                self._object_ready(location.object_id, entry)
+
+    async def serve_fetch(self, tenant: str, object_id: bytes, requester: str) -> pb.ObjectLocation:
+        """Another node wants an object we own or hold: wait until it is ready here."""
+        entry = self.objects.get(object_id)
+        if entry is None or entry.tenant != tenant:
+            return pb.ObjectLocation(object_id=object_id, tenant=tenant, error=_unknown(object_id))
+        if not entry.local:
+            done = asyncio.get_running_loop().create_future()
+            entry.waiters.append(lambda: done.done() or done.set_result(None))
+            self._ensure_fetch(object_id, entry)
+            await done
+            entry = self.objects.get(object_id) or entry
+        entry.copies.add(requester)
+        location = pb.ObjectLocation(object_id=object_id, tenant=tenant)
+        if entry.error is not None:
+            location.error.CopyFrom(entry.error)
+        elif entry.inline is not None:
+            location.inline_blob = entry.inline
+        else:
+            location.stored_size = entry.stored_size
+        return location
+
+    # ================================================================= cluster view
+
+    def update_cluster(self, info: pb.ClusterInfo) -> None:
+        self.nodes = {n.node_id: n for n in info.nodes}
+        self.view_version = info.version
+        # Tasks forwarded to a node that is gone fail over (or fail) now.
+        for task in list(self.tasks.values()):
+            if task.state is TaskState.REMOTE and task.remote_node not in self.nodes:
+                task.state = TaskState.PLACING
+                if task.spec.kind == pb.NORMAL_TASK and task.retries_left != 0:
+                    task.retries_left -= 1
+                    self.placing.append(task)
+                else:
+                    self._fail(task, _err(E.WORKER_CRASHED, f"node {task.remote_node} was lost"))
+        self._schedule_dispatch()
+
+    def node_info(self) -> pb.NodeInfo:
+        return pb.NodeInfo(
+            node_id=self.node_id,
+            region=self.region,
+            total=self.total,
+            available=self.available,
+            alive=True,
+            labels=self.labels,
+            running_tasks=sum(len(w.running) for p in self.workers.values() for w in p)
+            + sum(len(a.inflight) for a in self.actors.values()),
+            queued_tasks=len(self.waiting) + len(self.placing),
+            workers=self.worker_count(),
+        )
+
+    def cluster_info(self) -> pb.ClusterInfo:
+        info = pb.ClusterInfo(version=self.view_version)
+        mine = self.node_info()
+        seen = False
+        for node in self.nodes.values():
+            if node.node_id == self.node_id:
+                merged = pb.NodeInfo()
+                merged.CopyFrom(node)
+                merged.available.clear()
+                merged.available.update(self.available)
+                info.nodes.append(merged)
+                seen = True
+            else:
+                info.nodes.append(node)
+        if not seen:
+            info.nodes.append(mine)
+        return info
+
+    def shutdown(self) -> None:
+        for pool in self.workers.values():
+            for worker in pool:
+                worker.kill()
+        for actor in self.actors.values():
+            if actor.worker is not None:
+                actor.worker.kill()
+
+
+def _worker_sender(worker: Worker) -> Callable[[pb.ServerMessage], None]:
+    def send(message: pb.ServerMessage) -> None:
+        if worker.state is not WorkerState.DEAD:
+            worker.send(pb.ToWorker(server=message))
+
+    return send
+
+
+def _fits(need: dict[str, float] | object, have: dict[str, float]) -> bool:
+    assert hasattr(need, "items")
+    return all(have.get(k, 0.0) + 1e-9 >= v for k, v in need.items() if v > 0)  # type: ignore[attr-defined]
+
+
+def _validate_spec(spec: pb.TaskSpec) -> str | None:
+    if len(spec.task_id) != 16:
+        return "task_id must be 16 bytes"
+    if spec.num_returns > MAX_RETURNS:
+        return f"num_returns must be at most {MAX_RETURNS}"
+    if any(v < 0 for v in spec.resources.values()):
+        return "resource amounts must not be negative"
+    if spec.kind in (pb.ACTOR_CREATION, pb.ACTOR_TASK) and len(spec.actor_id) != 16:
+        return "actor_id must be 16 bytes"
+    for arg in spec.args:
+        if arg.WhichOneof("value") is None:
+            return "an argument carries no value"
+        if arg.WhichOneof("value") == "inline_blob" and len(arg.inline_blob) > 4 * INLINE_THRESHOLD:
+            return "an inline argument is too large"
+    return None

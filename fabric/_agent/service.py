@@ -1,0 +1,293 @@
+"""The agent's network edges: its gRPC services, its links to peers and to the head.
+
+Who may call what is decided by the mTLS interceptor from the caller's certificate: drivers
+(tenant identities) may open sessions; only nodes may use the peer and fetch services.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import grpc
+
+from fabric._agent.node import NodeAgent
+from fabric._object_store import ObjectStore
+from fabric._pki import Credentials
+from fabric._proto import fabric_pb2 as pb
+from fabric._proto import fabric_pb2_grpc as rpc
+from fabric._serialization import INLINE_THRESHOLD
+from fabric._tls import PeerAuthenticator, secure_aio_channel
+
+log = logging.getLogger(__name__)
+
+CHUNK_SIZE = 4 << 20
+
+ALLOWED_KINDS = {
+    "/fabric.v1.Agent/Session": frozenset({"tenant"}),
+    "/fabric.v1.Agent/Peer": frozenset({"node"}),
+    "/fabric.v1.Agent/FetchObject": frozenset({"node"}),
+}
+
+
+class Batcher:
+    """Collects messages produced while one event is handled and hands them over as one
+    batch on the next loop turn: one HTTP/2 frame instead of one per message."""
+
+    def __init__(self, make_batch: Callable[[list[Any]], Any], put: Callable[[Any], None]) -> None:
+        self._pending: list[Any] = []
+        self._make_batch = make_batch
+        self._put = put
+        self._loop = asyncio.get_running_loop()
+
+    def send(self, message: Any) -> None:
+        self._pending.append(message)
+        if len(self._pending) == 1:
+            self._loop.call_soon(self._flush)
+
+    def _flush(self) -> None:
+        if self._pending:
+            pending, self._pending = self._pending, []
+            self._put(self._make_batch(pending))
+
+
+class AgentService(rpc.AgentServicer):
+    def __init__(self, node: NodeAgent, auth: PeerAuthenticator) -> None:
+        self.node = node
+        self.auth = auth
+
+    async def Session(  # noqa: N802 - gRPC method name
+        self, request_iterator: AsyncIterator[pb.ClientBatch], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.ServerBatch]:
+        identity = await self.auth.identity_async(context)
+        out: asyncio.Queue[pb.ServerBatch | None] = asyncio.Queue()
+        batcher = Batcher(lambda ms: pb.ServerBatch(messages=ms), out.put_nowait)
+        node = self.node
+        session = None
+
+        async def read() -> None:
+            nonlocal session
+            try:
+                async for batch in request_iterator:
+                    for message in batch.messages:
+                        if session is None:
+                            if message.WhichOneof("body") != "hello":
+                                log.warning("session from %s did not start with hello", identity.uri)
+                                return
+                            session = node.open_session(identity.name, message.hello.namespace,
+                                                        identity.uri, batcher.send)
+                            batcher.send(pb.ServerMessage(
+                                request_id=message.request_id,
+                                reply=pb.Reply(welcome=node.welcome(session))))
+                            continue
+                        try:
+                            node.handle_client(session, message)
+                        except Exception:
+                            log.exception("error handling a message from %s", identity.uri)
+            except (grpc.aio.AioRpcError, asyncio.CancelledError):
+                pass
+            finally:
+                out.put_nowait(None)
+
+        reader = asyncio.get_running_loop().create_task(read())
+        try:
+            while True:
+                batch = await out.get()
+                if batch is None:
+                    break
+                yield batch
+        finally:
+            reader.cancel()
+            if session is not None:
+                node.close_session(session)
+
+    async def Peer(  # noqa: N802
+        self, request_iterator: AsyncIterator[pb.PeerBatch], context: grpc.aio.ServicerContext
+    ) -> pb.PeerAck:
+        identity = await self.auth.identity_async(context)
+        async for batch in request_iterator:
+            for message in batch.messages:
+                try:
+                    self.node.handle_peer(identity.name, message)
+                except Exception:
+                    log.exception("error handling a peer message from %s", identity.uri)
+        return pb.PeerAck()
+
+    async def FetchObject(  # noqa: N802
+        self, request: pb.FetchRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.ObjectChunk]:
+        identity = await self.auth.identity_async(context)
+        location = await self.node.serve_fetch(request.tenant, request.object_id, identity.name)
+        which = location.WhichOneof("value")
+        if which == "error":
+            yield pb.ObjectChunk(error=location.error)
+        elif which == "inline_blob":
+            blob = location.inline_blob
+            yield pb.ObjectChunk(total_size=len(blob), offset=0, data=blob)
+        else:
+            offset = 0
+            total = location.stored_size
+            for chunk in self.node.store.iter_chunks(request.tenant, request.object_id, CHUNK_SIZE):
+                yield pb.ObjectChunk(total_size=total, offset=offset, data=bytes(chunk))
+                offset += len(chunk)
+
+
+class PeerLinks:
+    """Outbound streams to other agents, opened on first use, and object pulls."""
+
+    def __init__(self, node_id: str, creds: Credentials, store: ObjectStore,
+                 address_of: Callable[[str], str | None]) -> None:
+        self.node_id = node_id
+        self.creds = creds
+        self.store = store
+        self.address_of = address_of
+        self._links: dict[str, tuple[grpc.aio.Channel, Batcher]] = {}
+        self._channels: dict[str, grpc.aio.Channel] = {}
+
+    def _channel(self, node_id: str) -> grpc.aio.Channel:
+        channel = self._channels.get(node_id)
+        if channel is None:
+            address = self.address_of(node_id)
+            if address is None:
+                raise ConnectionError(f"node {node_id} is not in the cluster")
+            channel = secure_aio_channel(address, self.creds)
+            self._channels[node_id] = channel
+        return channel
+
+    def send(self, node_id: str, message: pb.PeerMessage) -> None:
+        link = self._links.get(node_id)
+        if link is None:
+            try:
+                channel = self._channel(node_id)
+            except ConnectionError as e:
+                log.error("dropping a message for node %s: %s", node_id, e)
+                return
+            queue: asyncio.Queue[pb.PeerBatch] = asyncio.Queue()
+            batcher = Batcher(lambda ms: pb.PeerBatch(messages=ms), queue.put_nowait)
+
+            async def outbound() -> AsyncIterator[pb.PeerBatch]:
+                while True:
+                    yield await queue.get()
+
+            async def run() -> None:
+                try:
+                    await rpc.AgentStub(channel).Peer(outbound())
+                except grpc.aio.AioRpcError as e:
+                    log.warning("link to node %s closed: %s", node_id, e.details())
+                finally:
+                    if self._links.get(node_id, (None, None))[1] is batcher:
+                        del self._links[node_id]
+
+            link = (channel, batcher)
+            self._links[node_id] = link
+            asyncio.get_running_loop().create_task(run())
+        link[1].send(message)
+
+    async def fetch(self, node_id: str, tenant: str, object_id: bytes) -> pb.ObjectLocation:
+        """Pull an object from `node_id` into this node (inline if small, else the store)."""
+        stub = rpc.AgentStub(self._channel(node_id))
+        location = pb.ObjectLocation(object_id=object_id, tenant=tenant)
+        incoming = None
+        parts: list[bytes] = []
+        try:
+            async for chunk in stub.FetchObject(pb.FetchRequest(object_id=object_id, tenant=tenant)):
+                if chunk.HasField("error"):
+                    location.error.CopyFrom(chunk.error)
+                    return location
+                if chunk.total_size <= INLINE_THRESHOLD:
+                    parts.append(chunk.data)
+                    continue
+                if incoming is None:
+                    incoming = self.store.begin_receive(tenant, object_id, chunk.total_size)
+                incoming.write(chunk.offset, chunk.data)
+            if incoming is not None:
+                location.stored_size = incoming.commit()
+                incoming = None
+            else:
+                location.inline_blob = b"".join(parts)
+            return location
+        finally:
+            if incoming is not None:
+                incoming.abort()
+
+    async def close(self) -> None:
+        for channel in self._channels.values():
+            await channel.close()
+
+
+class HeadLink:
+    """The agent's connection to the head: registration, load reports, the cluster view,
+    and the actor directory."""
+
+    def __init__(self, address: str, creds: Credentials, node: NodeAgent, listen_address: str) -> None:
+        self.channel = secure_aio_channel(address, creds)
+        self.stub = rpc.HeadStub(self.channel)
+        self.node = node
+        self.listen_address = listen_address
+        self.changed = asyncio.Event()
+        self.first_view = asyncio.Event()
+        self.error: str | None = None
+
+    def _register(self) -> pb.RegisterNode:
+        node = self.node
+        return pb.RegisterNode(address=self.listen_address, region=node.region,
+                               resources=node.total, labels=node.labels)
+
+    async def _reports(self) -> AsyncIterator[pb.NodeReport]:
+        yield pb.NodeReport(register=self._register())
+        while True:
+            try:
+                await asyncio.wait_for(self.changed.wait(), timeout=1.0)
+            except TimeoutError:
+                pass
+            self.changed.clear()
+            info = self.node.node_info()
+            yield pb.NodeReport(available=info.available, running_tasks=info.running_tasks,
+                                queued_tasks=info.queued_tasks, workers=info.workers)
+            # Coalesce bursts of load changes into at most one report per 50 ms.
+            await asyncio.sleep(0.05)
+
+    async def run(self) -> None:
+        """Stay connected to the head, reconnecting with backoff when the link drops."""
+        delay = 0.2
+        while True:
+            try:
+                async for info in self.stub.NodeStream(self._reports()):
+                    self.node.update_cluster(info)
+                    self.first_view.set()
+                    delay = 0.2
+                self.error = "the head closed the stream"
+            except grpc.aio.AioRpcError as e:
+                self.error = f"{e.code().name}: {e.details()}"
+                log.warning("lost the head: %s", self.error)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)
+
+    # -- the actor directory (the agent's `Directory`) -----------------------------------
+
+    async def register_actor(self, info: pb.ActorInfo) -> pb.ErrorInfo | None:
+        try:
+            await self.stub.RegisterActor(pb.ActorRecord(info=info), timeout=10)
+        except grpc.aio.AioRpcError as e:
+            kind = pb.ErrorInfo.INVALID_REQUEST if e.code() == grpc.StatusCode.ALREADY_EXISTS \
+                else pb.ErrorInfo.SYSTEM
+            return pb.ErrorInfo(kind=kind, message=e.details() or str(e.code()))
+        return None
+
+    async def remove_actor(self, tenant: str, actor_id: bytes) -> None:
+        try:
+            await self.stub.RemoveActor(pb.LookupActor(tenant=tenant, actor_id=actor_id), timeout=10)
+        except grpc.aio.AioRpcError as e:
+            log.warning("could not remove actor %s from the directory: %s", actor_id.hex(), e.details())
+
+    async def lookup_actor(self, tenant: str, namespace: str, name: str) -> pb.ActorInfo | None:
+        try:
+            record = await self.stub.LookupActorByName(
+                pb.LookupActor(tenant=tenant, namespace=namespace, name=name), timeout=10)
+        except grpc.aio.AioRpcError as e:
+            if e.code() == grpc.StatusCode.NOT_FOUND:
+                return None
+            raise
+        return record.info

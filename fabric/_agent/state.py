@@ -1,0 +1,120 @@
+"""The agent's bookkeeping records: objects, tasks, actors and client sessions.
+
+These are plain records; the rules that move them between states live in `node.py`.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from fabric._agent.workers import Worker
+from fabric._proto import fabric_pb2 as pb
+
+
+class ObjState(enum.Enum):
+    PENDING = "pending"  # its producing task has not finished
+    READY = "ready"
+    UNKNOWN = "unknown"  # a ref learnt of from another node; ask that node
+
+
+@dataclass(eq=False)
+class ObjEntry:
+    tenant: str
+    state: ObjState = ObjState.PENDING
+    inline: bytes | None = None
+    stored_size: int = -1  # >= 0 when the blob is in this node's store
+    error: pb.ErrorInfo | None = None
+    location: str = ""  # node holding the blob when it is not here
+    remote_owner: str = ""  # set on copies: the node whose refcount decides
+    holders: set[int] = field(default_factory=set)  # session ids
+    pins: int = 0  # pending tasks using it as an argument, containers holding it
+    contained: list[bytes] = field(default_factory=list)
+    copies: set[str] = field(default_factory=set)  # nodes that fetched a copy
+    waiters: list[Callable[[], None]] = field(default_factory=list)
+    subscribers: set[int] = field(default_factory=set)
+    producer: bytes = b""  # task id, for cancel
+    fetching: bool = False
+
+    @property
+    def local(self) -> bool:
+        return self.state is ObjState.READY and (
+            self.inline is not None or self.stored_size >= 0 or self.error is not None
+        )
+
+
+class TaskState(enum.Enum):
+    PLACING = "placing"
+    WAITING = "waiting"  # placed here, waiting for args, resources or a worker
+    RUNNING = "running"
+    REMOTE = "remote"  # forwarded to another node
+    DONE = "done"
+
+
+@dataclass(eq=False)
+class TaskEntry:
+    spec: pb.TaskSpec
+    origin_session: int = 0  # local session that submitted it, or 0
+    origin_node: str = ""  # node that forwarded it here, or ""
+    state: TaskState = TaskState.PLACING
+    retries_left: int = 0
+    missing_args: int = 0
+    worker: Worker | None = None
+    acquired: dict[str, float] = field(default_factory=dict)
+    lent: bool = False  # its CPUs are lent back while its worker blocks in get
+    cancelled: bool = False
+    remote_node: str = ""
+
+    @property
+    def task_id(self) -> bytes:
+        return self.spec.task_id
+
+    @property
+    def return_ids(self) -> list[bytes]:
+        return [return_id(self.spec.task_id, i) for i in range(self.spec.num_returns)]
+
+
+def return_id(task_id: bytes, index: int) -> bytes:
+    return task_id + (index + 1).to_bytes(4, "big")
+
+
+class ActorState(enum.Enum):
+    STARTING = "starting"
+    ALIVE = "alive"
+    RESTARTING = "restarting"
+    DEAD = "dead"
+
+
+@dataclass(eq=False)
+class ActorEntry:
+    """An actor hosted on this node."""
+
+    creation: TaskEntry
+    state: ActorState = ActorState.STARTING
+    worker: Worker | None = None
+    restarts_left: int = 0
+    queued: list[TaskEntry] = field(default_factory=list)  # calls waiting for ALIVE
+    inflight: dict[bytes, TaskEntry] = field(default_factory=dict)
+    death: pb.ErrorInfo | None = None
+    resources: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def tenant(self) -> str:
+        return self.creation.spec.tenant
+
+
+@dataclass(eq=False)
+class Session:
+    """A client of this agent: a driver over gRPC or one of our workers."""
+
+    session_id: int
+    tenant: str
+    namespace: str
+    job_id: bytes
+    send: Callable[[pb.ServerMessage], None]
+    identity: str
+    worker: Worker | None = None
+    held: set[bytes] = field(default_factory=set)
+    owned_actors: dict[bytes, str] = field(default_factory=dict)  # actor id -> node
+    closed: bool = False

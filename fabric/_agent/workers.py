@@ -1,0 +1,158 @@
+"""Worker processes: spawned by the agent, one tenant each, over a private local channel.
+
+The channel is a Unix socket pair the agent creates before the fork, so nobody else can
+connect to it; frames are a 4-byte little-endian length followed by a protobuf message.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+import os
+import signal
+import socket
+import struct
+import subprocess
+import sys
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+from fabric._proto import fabric_pb2 as pb
+
+log = logging.getLogger(__name__)
+
+_LEN = struct.Struct("<I")
+
+
+class WorkerState(enum.Enum):
+    STARTING = "starting"
+    IDLE = "idle"
+    BUSY = "busy"
+    DEAD = "dead"
+
+
+class Worker:
+    """One worker process and its channel, as the agent sees it."""
+
+    def __init__(
+        self,
+        worker_id: int,
+        tenant: str,
+        process: subprocess.Popen[bytes],
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        actor_id: bytes = b"",
+    ) -> None:
+        self.worker_id = worker_id
+        self.tenant = tenant
+        self.process = process
+        self.reader = reader
+        self.writer = writer
+        self.actor_id = actor_id
+        self.state = WorkerState.STARTING
+        self.seen_digests: set[bytes] = set()
+        # Tasks sent to this worker and not yet finished, in send order.
+        self.running: dict[bytes, object] = {}
+        self.session_id = 0
+        self.death_reason = ""
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def send(self, message: pb.ToWorker) -> None:
+        data = message.SerializeToString()
+        self.writer.write(_LEN.pack(len(data)) + data)
+
+    def kill(self) -> None:
+        if self.process.poll() is None:
+            try:
+                os.killpg(self.process.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+    async def read_loop(self, handle: Callable[[Worker, pb.FromWorker], None]) -> None:
+        """Feed every message from the worker to `handle` until the channel closes."""
+        reader = self.reader
+        try:
+            while True:
+                header = await reader.readexactly(4)
+                (length,) = _LEN.unpack(header)
+                message = pb.FromWorker()
+                message.ParseFromString(await reader.readexactly(length))
+                handle(self, message)
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        except Exception:
+            # A malformed frame means a broken or hostile worker: drop it.
+            log.exception("worker %d sent a malformed message; stopping it", self.pid)
+        finally:
+            self.kill()
+
+
+class WorkerLauncher:
+    """Starts worker processes for the agent."""
+
+    def __init__(self, node_id: str, store_root: Path, log_dir: Path | None) -> None:
+        self.node_id = node_id
+        self.store_root = store_root
+        self.log_dir = log_dir
+        self._next_id = 0
+
+    async def spawn(
+        self,
+        tenant: str,
+        store_dir: Path,
+        on_message: Callable[[Worker, pb.FromWorker], None],
+        on_exit: Callable[[Worker], Awaitable[None] | None],
+        actor_id: bytes = b"",
+    ) -> Worker:
+        self._next_id += 1
+        worker_id = self._next_id
+        parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        argv = [
+            sys.executable,
+            "-m",
+            "fabric._worker",
+            "--fd",
+            str(child.fileno()),
+            "--tenant",
+            tenant,
+            "--node-id",
+            self.node_id,
+            "--store-dir",
+            str(store_dir),
+        ]
+        stderr = None
+        if self.log_dir is not None:
+            stderr = open(self.log_dir / f"worker-{tenant}-{worker_id}.log", "ab")  # noqa: SIM115
+        try:
+            process = subprocess.Popen(
+                argv,
+                pass_fds=[child.fileno()],
+                stdin=subprocess.DEVNULL,
+                stderr=stderr,
+                # Own process group: a forced kill takes the worker's children with it.
+                start_new_session=True,
+                close_fds=True,
+            )
+        finally:
+            child.close()
+            if stderr is not None:
+                stderr.close()
+        reader, writer = await asyncio.open_unix_connection(sock=parent, limit=1 << 30)
+        worker = Worker(worker_id, tenant, process, reader, writer, actor_id)
+
+        async def supervise() -> None:
+            await worker.read_loop(on_message)
+            # The channel closed: the process is gone or going; reap it off the loop.
+            await asyncio.get_running_loop().run_in_executor(None, process.wait)
+            worker.state = WorkerState.DEAD
+            writer.close()
+            result = on_exit(worker)
+            if result is not None:
+                await result
+
+        asyncio.get_running_loop().create_task(supervise())
+        return worker

@@ -1,0 +1,616 @@
+"""A whole fabric on one machine: a head and N node agents as real processes on loopback.
+
+:class:`LocalCluster` is what ``fabric.init()`` without an address, ``fabric demo`` and the
+integration tests run on. It creates its own certificate authority, issues every identity
+the cluster needs (``node/head``, ``node/<id>`` per agent, ``tenant/<name>`` per tenant and
+``operator/admin``), starts the processes and waits until each one has written its ready
+file. Nothing is shared with any other cluster: a fresh CA per cluster means certificates
+of one cluster are refused by every other.
+
+The lower-level pieces (:func:`head_command`, :func:`agent_command`, :func:`spawn` and
+:func:`wait_ready`) are shared with ``fabric start``, which launches one process at a time.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+
+from fabric._pki import CertificateAuthority, CredentialPaths
+from fabric.exceptions import FabricError
+
+__all__ = [
+    "ClusterStartError",
+    "Launch",
+    "LocalCluster",
+    "NodeSpec",
+    "Ready",
+    "agent_command",
+    "head_command",
+    "prestart",
+    "release",
+    "spawn",
+    "terminate",
+    "wait_ready",
+]
+
+# How often ready files and exit statuses are checked while waiting. Start time is
+# measured, so this is short; each check is a stat() per process still starting.
+POLL_INTERVAL = 0.01
+# How long stop() lets processes shut down cleanly before it kills them.
+STOP_GRACE = 5.0
+# How much of a failed process's log an error message quotes.
+LOG_TAIL_LINES = 20
+
+HEAD_NAME = "head"
+OPERATOR_NAME = "admin"
+
+_NODE_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
+
+
+class ClusterStartError(FabricError):
+    """A head or agent process failed to start, or did not become ready in time.
+
+    The first line of the message says which process and why (the CLI prints only that
+    line); the rest is the tail of the process's log.
+    """
+
+    def __init__(self, summary: str, log_path: Path | None = None, log_tail: str = "") -> None:
+        self.summary = summary
+        self.log_path = log_path
+        self.log_tail = log_tail
+        super().__init__(summary)
+
+    def __str__(self) -> str:
+        if not self.log_tail:
+            return self.summary
+        where = f" ({self.log_path})" if self.log_path is not None else ""
+        return f"{self.summary}\nlast lines of the log{where}:\n{self.log_tail}"
+
+    def diagnostics(self) -> str:
+        return str(self)
+
+
+@dataclass(frozen=True)
+class NodeSpec:
+    """One node agent of a :class:`LocalCluster`."""
+
+    node_id: str
+    region: str
+    resources: dict[str, float]
+    labels: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Ready:
+    """What a process wrote to its ready file once it was serving."""
+
+    address: str
+    pid: int
+    node_id: str
+
+
+@dataclass
+class Launch:
+    """A started process whose ready file has not necessarily appeared yet."""
+
+    name: str
+    process: subprocess.Popen[bytes]
+    ready_file: Path
+    log_path: Path
+    # Where this launch's output starts in the log (logs are appended to across runs).
+    log_offset: int = 0
+
+
+# ----------------------------------------------------------------------------- launching
+
+
+def head_command(
+    listen: str, certs: Path, ready_file: Path, state_dir: Path | None = None
+) -> list[str]:
+    """The command line of a head process (``python -m fabric._head ...``)."""
+    cmd = [
+        sys.executable,
+        "-m",
+        "fabric._head",
+        "--listen",
+        listen,
+        "--certs",
+        str(certs),
+        "--identity",
+        f"node/{HEAD_NAME}",
+        "--ready-file",
+        str(ready_file),
+    ]
+    if state_dir is not None:
+        cmd += ["--state-dir", str(state_dir)]
+    return cmd
+
+
+def agent_command(
+    head: str,
+    listen: str,
+    certs: Path,
+    node_id: str,
+    region: str,
+    resources: Mapping[str, float],
+    labels: Mapping[str, str],
+    ready_file: Path,
+) -> list[str]:
+    """The command line of a node agent process (``python -m fabric._agent ...``)."""
+    return [
+        sys.executable,
+        "-m",
+        "fabric._agent",
+        "--head",
+        head,
+        "--listen",
+        listen,
+        "--certs",
+        str(certs),
+        "--identity",
+        f"node/{node_id}",
+        "--region",
+        region,
+        "--resources",
+        json.dumps(dict(resources), sort_keys=True),
+        "--labels",
+        json.dumps(dict(labels), sort_keys=True),
+        "--ready-file",
+        str(ready_file),
+    ]
+
+
+def spawn(name: str, cmd: Sequence[str], ready_file: Path, log_path: Path) -> Launch:
+    """Start ``cmd`` in its own session with stdout and stderr appended to ``log_path``.
+
+    A session of its own keeps a terminal's Ctrl-C away from the process (its owner
+    decides when it stops) and makes it the leader of a process group that also holds
+    the workers it spawns, so :func:`terminate` can take all of them down together.
+    """
+    return _popen(name, cmd, ready_file, log_path, stdin=subprocess.DEVNULL)
+
+
+def prestart(name: str, module: str, ready_file: Path, log_path: Path) -> Launch:
+    """Start an interpreter that imports ``module`` now and runs it (as ``python -m
+    module``) once :func:`release` hands it its arguments.
+
+    An agent's command line needs the head's address, known only once the head serves;
+    its imports (grpc, the runtime) do not. Prestarting overlaps them with the head's
+    start-up, which is most of an agent's start time.
+    """
+    cmd = [sys.executable, "-m", __name__, _PRESTART_FLAG, module]
+    return _popen(name, cmd, ready_file, log_path, stdin=subprocess.PIPE)
+
+
+def release(launch: Launch, cmd: Sequence[str]) -> None:
+    """Run a :func:`prestart`-ed process as ``cmd`` (``python -m <its module> ARGS...``)."""
+    if list(cmd[:2]) != [sys.executable, "-m"]:
+        raise ValueError(f"not a `python -m MODULE` command: {cmd!r}")
+    stdin = launch.process.stdin
+    if stdin is None:
+        raise ValueError(f"{launch.name} was not prestarted")
+    # A process that already died is reported by wait_ready, with its log.
+    with contextlib.suppress(BrokenPipeError):
+        stdin.write(json.dumps(list(cmd[2:])).encode() + b"\n")
+    with contextlib.suppress(BrokenPipeError):
+        stdin.close()
+
+
+def _popen(name: str, cmd: Sequence[str], ready_file: Path, log_path: Path, stdin: int) -> Launch:
+    with contextlib.suppress(FileNotFoundError):
+        ready_file.unlink()
+    ready_file.parent.mkdir(parents=True, exist_ok=True)
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    env = dict(os.environ)
+    env["PYTHONUNBUFFERED"] = "1"
+    with open(log_path, "ab") as log:
+        offset = log.tell()
+        process = subprocess.Popen(
+            list(cmd),
+            stdin=stdin,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            close_fds=True,
+            env=env,
+        )
+    return Launch(name, process, ready_file, log_path, offset)
+
+
+_PRESTART_FLAG = "--prestarted"
+
+
+def _run_prestarted(module: str) -> None:
+    """The child side of :func:`prestart`."""
+    import importlib.util
+    import runpy
+
+    spec = importlib.util.find_spec(module)
+    is_package = spec is not None and spec.submodule_search_locations is not None
+    importlib.import_module(f"{module}.__main__" if is_package else module)
+    line = sys.stdin.readline()
+    if not line:
+        return  # the launcher gave up on us before releasing
+    sys.argv = [module, *json.loads(line)[1:]]
+    runpy.run_module(module, run_name="__main__", alter_sys=True)
+
+
+def read_ready(path: Path) -> Ready | None:
+    """The ready file's contents, or None while it does not exist yet.
+
+    Processes write it with write-to-temporary and rename, so a file that exists is
+    complete.
+    """
+    try:
+        raw = path.read_text()
+    except FileNotFoundError:
+        return None
+    try:
+        data = json.loads(raw)
+        return Ready(
+            address=str(data["address"]), pid=int(data["pid"]), node_id=str(data.get("node_id", ""))
+        )
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ClusterStartError(f"ready file {path} is malformed: {exc}") from None
+
+
+def log_tail(launch: Launch, lines: int = LOG_TAIL_LINES) -> str:
+    """The last ``lines`` lines this launch wrote to its log."""
+    try:
+        with open(launch.log_path, "rb") as fh:
+            fh.seek(launch.log_offset)
+            data = fh.read()
+    except OSError:
+        return ""
+    text = data.decode("utf-8", "replace").rstrip()
+    return "\n".join(text.splitlines()[-lines:])
+
+
+def _last_line(text: str) -> str:
+    for line in reversed(text.splitlines()):
+        if line.strip():
+            return line.strip()
+    return ""
+
+
+def _exit_description(returncode: int) -> str:
+    if returncode < 0:
+        try:
+            return f"was killed by {signal.Signals(-returncode).name}"
+        except ValueError:
+            return f"was killed by signal {-returncode}"
+    return f"exited with status {returncode}"
+
+
+def wait_ready(launches: Iterable[Launch], timeout: float) -> dict[str, Ready]:
+    """Wait until every launch has written its ready file; return what each wrote.
+
+    Raises :class:`ClusterStartError` as soon as one process exits before it is ready
+    (quoting its log), or when ``timeout`` seconds pass first. The processes are left
+    running either way: the caller owns them and decides what to stop.
+    """
+    pending = {launch.name: launch for launch in launches}
+    ready: dict[str, Ready] = {}
+    deadline = time.monotonic() + timeout
+    while True:
+        for name, launch in list(pending.items()):
+            info = read_ready(launch.ready_file)
+            if info is not None:
+                ready[name] = info
+                del pending[name]
+                continue
+            returncode = launch.process.poll()
+            if returncode is not None:
+                # A process may write its ready file and then exit at once; the file
+                # decides, so look once more now that the process is gone.
+                info = read_ready(launch.ready_file)
+                if info is not None:
+                    ready[name] = info
+                    del pending[name]
+                    continue
+                tail = log_tail(launch)
+                reason = _last_line(tail)
+                summary = f"{name} {_exit_description(returncode)} before it was ready"
+                raise ClusterStartError(
+                    f"{summary}: {reason}" if reason else summary, launch.log_path, tail
+                )
+        if not pending:
+            return ready
+        if time.monotonic() >= deadline:
+            launch = next(iter(pending.values()))
+            names = ", ".join(sorted(pending))
+            raise ClusterStartError(
+                f"{names} not ready within {timeout:g} s", launch.log_path, log_tail(launch)
+            )
+        time.sleep(POLL_INTERVAL)
+
+
+def _signal_group(pid: int, sig: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, sig)
+
+
+def terminate(processes: Iterable[subprocess.Popen[bytes]], grace: float = STOP_GRACE) -> None:
+    """SIGTERM every process, wait up to ``grace`` seconds, then SIGKILL what is left.
+
+    Each process was started as the leader of its own process group (see :func:`spawn`);
+    once the leaders are gone, anything left in their groups (workers of an agent that
+    did not get to stop them) is killed too.
+    """
+    procs = list(processes)
+    for proc in procs:
+        if proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                proc.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    for proc in procs:
+        try:
+            proc.wait(timeout=max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            _signal_group(proc.pid, signal.SIGKILL)
+            proc.wait()
+    for proc in procs:
+        _signal_group(proc.pid, signal.SIGKILL)
+
+
+# ----------------------------------------------------------------------------- the cluster
+
+
+def _default_nodes() -> list[NodeSpec]:
+    return [NodeSpec("node-1", "local", {"CPU": float(os.cpu_count() or 1)})]
+
+
+class LocalCluster:
+    """A head and N agents as real processes on loopback, with their own CA and certificates.
+
+    Use it as a context manager, or call :meth:`start` and :meth:`stop`; a cluster that is
+    still running when the interpreter exits is stopped then. Layout of ``base_dir``::
+
+        certs/            the CA (ca.pem, ca.key, crl.pem) and certs/issued/<kind>-<name>.*
+        logs/<name>.log   stdout and stderr of the head and of each agent
+        run/<name>.json   ready files
+        head/             the head's state directory
+    """
+
+    def __init__(
+        self,
+        nodes: Sequence[NodeSpec] | None = None,
+        *,
+        base_dir: Path | None = None,
+        tenants: Sequence[str] = ("default",),
+        host: str = "127.0.0.1",
+    ) -> None:
+        self.nodes: tuple[NodeSpec, ...] = (
+            tuple(nodes) if nodes is not None else tuple(_default_nodes())
+        )
+        if not self.nodes:
+            raise ValueError("a LocalCluster needs at least one node")
+        seen: set[str] = set()
+        for spec in self.nodes:
+            if _NODE_ID_RE.fullmatch(spec.node_id) is None:
+                raise ValueError(
+                    f"invalid node id {spec.node_id!r}: expected 1-63 characters of "
+                    "[A-Za-z0-9._-] starting with a letter or digit"
+                )
+            if spec.node_id == HEAD_NAME:
+                raise ValueError(f"node id {HEAD_NAME!r} is reserved for the head")
+            if spec.node_id in seen:
+                raise ValueError(f"duplicate node id {spec.node_id!r}")
+            seen.add(spec.node_id)
+        self.tenants: tuple[str, ...] = tuple(dict.fromkeys(tenants))
+        self.host = host
+        self._owns_base_dir = base_dir is None
+        self._base_dir: Path | None = Path(base_dir) if base_dir is not None else None
+
+        self.head_address = ""
+        self.agent_addresses: dict[str, str] = {}
+        # "head" and each node id -> its process. Stopped or killed processes stay here
+        # (with their returncode set) so tests can inspect them.
+        self.processes: dict[str, subprocess.Popen[bytes]] = {}
+        self._credentials: dict[tuple[str, str], CredentialPaths] = {}
+        self._lock = threading.Lock()
+        self._started = False
+        self._stopped = False
+
+    # -- layout -----------------------------------------------------------------------
+
+    @property
+    def base_dir(self) -> Path:
+        if self._base_dir is None:
+            raise FabricError("the cluster has not been started")
+        return self._base_dir
+
+    @property
+    def certs_dir(self) -> Path:
+        return self.base_dir / "certs"
+
+    @property
+    def logs_dir(self) -> Path:
+        return self.base_dir / "logs"
+
+    def log_path(self, name: str) -> Path:
+        """The log of ``"head"`` or of the agent of node ``name``."""
+        return self.logs_dir / f"{name}.log"
+
+    def _ready_path(self, name: str) -> Path:
+        return self.base_dir / "run" / f"{name}.json"
+
+    # -- credentials ------------------------------------------------------------------
+
+    def credentials(self, kind: str, name: str) -> CredentialPaths:
+        """The credentials this cluster issued to ``kind/name``."""
+        try:
+            return self._credentials[(kind, name)]
+        except KeyError:
+            issued = ", ".join(f"{k}/{n}" for k, n in sorted(self._credentials)) or "none yet"
+            raise FabricError(
+                f"this cluster issued no certificate to {kind}/{name} (issued: {issued})"
+            ) from None
+
+    def tenant_credentials(self, tenant: str) -> CredentialPaths:
+        """The certificate, key, CA and CRL paths of one of the cluster's tenants."""
+        return self.credentials("tenant", tenant)
+
+    def operator_credentials(self) -> CredentialPaths:
+        """The credentials of the cluster's operator (``operator/admin``)."""
+        return self.credentials("operator", OPERATOR_NAME)
+
+    # -- lifecycle --------------------------------------------------------------------
+
+    def start(self, timeout: float = 30.0) -> LocalCluster:
+        """Create the CA and certificates, start the head, then all agents in parallel,
+        and return once every process is serving. On failure everything started so far
+        is stopped and :class:`ClusterStartError` is raised."""
+        with self._lock:
+            if self._started:
+                raise FabricError("this LocalCluster has already been started")
+            self._started = True
+        deadline = time.monotonic() + timeout
+        atexit.register(self.stop)
+        try:
+            self._start(deadline)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _start(self, deadline: float) -> None:
+        if self._base_dir is None:
+            # mkdtemp creates the directory 0700: it will hold the CA key.
+            self._base_dir = Path(tempfile.mkdtemp(prefix="fabric-cluster-"))
+        else:
+            self._base_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self.logs_dir.mkdir(exist_ok=True)
+
+        if (self.certs_dir / "ca.pem").exists():
+            ca = CertificateAuthority.load(self.certs_dir)
+        else:
+            ca = CertificateAuthority.create(self.certs_dir)
+        self._issue(ca, "node", HEAD_NAME)
+        head = spawn(
+            HEAD_NAME,
+            head_command(
+                f"{self.host}:0",
+                self.certs_dir,
+                self._ready_path(HEAD_NAME),
+                state_dir=self.base_dir / HEAD_NAME,
+            ),
+            self._ready_path(HEAD_NAME),
+            self.log_path(HEAD_NAME),
+        )
+        self.processes[HEAD_NAME] = head.process
+        # Agents import the runtime while the head starts; they get their command line
+        # (which names the head's address) once the head serves.
+        agents = {
+            spec.node_id: prestart(
+                spec.node_id,
+                "fabric._agent",
+                self._ready_path(spec.node_id),
+                self.log_path(spec.node_id),
+            )
+            for spec in self.nodes
+        }
+        for node_id, launch in agents.items():
+            self.processes[node_id] = launch.process
+
+        # The rest of the certificates are issued while the interpreters boot.
+        for spec in self.nodes:
+            self._issue(ca, "node", spec.node_id)
+        for tenant in self.tenants:
+            self._issue(ca, "tenant", tenant)
+        self._issue(ca, "operator", OPERATOR_NAME)
+
+        self.head_address = wait_ready([head], _remaining(deadline))[HEAD_NAME].address
+        for spec in self.nodes:
+            cmd = agent_command(
+                self.head_address,
+                f"{self.host}:0",
+                self.certs_dir,
+                spec.node_id,
+                spec.region,
+                spec.resources,
+                spec.labels,
+                self._ready_path(spec.node_id),
+            )
+            release(agents[spec.node_id], cmd)
+        ready = wait_ready(agents.values(), _remaining(deadline))
+        self.agent_addresses = {spec.node_id: ready[spec.node_id].address for spec in self.nodes}
+
+    def _issue(self, ca: CertificateAuthority, kind: str, name: str) -> None:
+        self._credentials[(kind, name)] = ca.issue(kind, name)
+
+    def kill_agent(self, node_id: str, sig: int = signal.SIGKILL) -> None:
+        """Simulate the loss of a node: send ``sig`` (default SIGKILL) to the agent and to
+        every process of its group (its workers), and wait until the agent is gone."""
+        if node_id not in self.agent_addresses:
+            raise FabricError(f"no agent {node_id!r} in this cluster")
+        proc = self.processes[node_id]
+        _signal_group(proc.pid, sig)
+        proc.wait()
+
+    def stop(self) -> None:
+        """Stop every process (SIGTERM, then SIGKILL after 5 s) and, if the cluster
+        created its base directory, remove it. Calling it again does nothing."""
+        with self._lock:
+            if self._stopped:
+                return
+            self._stopped = True
+        atexit.unregister(self.stop)
+        # Agents first in the list so they see SIGTERM no later than the head.
+        procs = [p for name, p in self.processes.items() if name != HEAD_NAME]
+        if HEAD_NAME in self.processes:
+            procs.append(self.processes[HEAD_NAME])
+        terminate(procs)
+        if self._owns_base_dir and self._base_dir is not None:
+            shutil.rmtree(self._base_dir, ignore_errors=True)
+
+    @property
+    def running(self) -> bool:
+        return self._started and not self._stopped
+
+    def __enter__(self) -> LocalCluster:
+        if not self._started:
+            self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    def __repr__(self) -> str:
+        state = "running" if self.running else ("stopped" if self._stopped else "not started")
+        nodes = ", ".join(f"{n.node_id}@{n.region}" for n in self.nodes)
+        return f"<LocalCluster {state} head={self.head_address or '-'} nodes=[{nodes}]>"
+
+
+def _remaining(deadline: float) -> float:
+    return max(0.0, deadline - time.monotonic())
+
+
+if __name__ == "__main__":
+    if len(sys.argv) == 3 and sys.argv[1] == _PRESTART_FLAG:
+        _run_prestarted(sys.argv[2])
+    else:
+        sys.exit(
+            f"usage: python -m {__spec__.name if __spec__ else 'fabric._cluster'} "
+            f"{_PRESTART_FLAG} MODULE"
+        )

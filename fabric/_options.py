@@ -1,0 +1,84 @@
+"""Validation of `@remote(...)` and `.options(...)` arguments, as Ray names them."""
+
+from __future__ import annotations
+
+import numbers
+from collections.abc import Mapping
+from typing import Any
+
+TASK_OPTIONS = frozenset({
+    "num_cpus", "num_gpus", "memory", "resources", "num_returns", "max_retries",
+    "retry_exceptions", "name",
+})
+ACTOR_OPTIONS = frozenset({
+    "num_cpus", "num_gpus", "memory", "resources", "max_restarts", "max_task_retries",
+    "max_concurrency", "name", "namespace", "lifetime", "get_if_exists",
+})
+METHOD_OPTIONS = frozenset({"num_returns", "max_task_retries", "name"})
+
+TASK_DEFAULTS: dict[str, Any] = {"num_cpus": 1, "num_returns": 1, "max_retries": 3,
+                                 "retry_exceptions": False}
+ACTOR_DEFAULTS: dict[str, Any] = {"num_cpus": 0, "max_restarts": 0, "max_task_retries": 0,
+                                  "max_concurrency": 0}
+
+
+def _number(name: str, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or value < 0:
+        raise ValueError(f"{name} must be a non-negative number, got {value!r}")
+
+
+def _integer(name: str, value: Any, minimum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+
+
+def validate(options: Mapping[str, Any], allowed: frozenset[str], what: str) -> dict[str, Any]:
+    """Check option names and values; a typo is a TypeError naming it, as in Ray."""
+    unknown = sorted(set(options) - allowed)
+    if unknown:
+        raise TypeError(
+            f"invalid option{'s' if len(unknown) > 1 else ''} for {what}: "
+            f"{', '.join(map(repr, unknown))}; valid options are {', '.join(sorted(allowed))}"
+        )
+    for name, value in options.items():
+        if value is None:
+            continue
+        if name in ("num_cpus", "num_gpus", "memory"):
+            _number(name, value)
+        elif name == "num_returns":
+            _integer(name, value, 0)
+        elif name in ("max_retries", "max_restarts", "max_task_retries"):
+            _integer(name, value, -1)
+        elif name == "max_concurrency":
+            _integer(name, value, 1)
+        elif name == "resources":
+            if not isinstance(value, Mapping):
+                raise ValueError(f"resources must be a dict, got {type(value).__name__}")
+            for key, amount in value.items():
+                if not isinstance(key, str):
+                    raise ValueError(f"resource names must be strings, got {key!r}")
+                if key in ("CPU", "GPU", "memory"):
+                    raise ValueError(f"use num_cpus / num_gpus / memory instead of resources[{key!r}]")
+                _number(f"resources[{key!r}]", amount)
+        elif name in ("name", "namespace"):
+            if not isinstance(value, str) or not value:
+                raise ValueError(f"{name} must be a non-empty string, got {value!r}")
+        elif name == "lifetime":
+            if value not in ("detached", "non_detached"):
+                raise ValueError(f"lifetime must be 'detached' or 'non_detached', got {value!r}")
+        elif name in ("retry_exceptions", "get_if_exists") and not isinstance(value, bool):
+            raise ValueError(f"{name} must be a bool, got {value!r}")
+    return dict(options)
+
+
+def resource_request(options: Mapping[str, Any]) -> dict[str, float]:
+    """The resources a task or actor asks for, under the names the scheduler uses."""
+    request: dict[str, float] = {}
+    for option, resource in (("num_cpus", "CPU"), ("num_gpus", "GPU"), ("memory", "memory")):
+        amount = options.get(option)
+        if amount:
+            request[resource] = float(amount)
+    for name, amount in (options.get("resources") or {}).items():
+        if amount:
+            request[name] = float(amount)
+    return request

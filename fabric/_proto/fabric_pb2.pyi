@@ -1,0 +1,594 @@
+from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class TaskKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    NORMAL_TASK: _ClassVar[TaskKind]
+    ACTOR_CREATION: _ClassVar[TaskKind]
+    ACTOR_TASK: _ClassVar[TaskKind]
+NORMAL_TASK: TaskKind
+ACTOR_CREATION: TaskKind
+ACTOR_TASK: TaskKind
+
+class ErrorInfo(_message.Message):
+    __slots__ = ("kind", "message")
+    class Kind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+        __slots__ = ()
+        UNKNOWN: _ClassVar[ErrorInfo.Kind]
+        WORKER_CRASHED: _ClassVar[ErrorInfo.Kind]
+        ACTOR_DIED: _ClassVar[ErrorInfo.Kind]
+        TASK_CANCELLED: _ClassVar[ErrorInfo.Kind]
+        OBJECT_FREED: _ClassVar[ErrorInfo.Kind]
+        UNKNOWN_OBJECT: _ClassVar[ErrorInfo.Kind]
+        PLACEMENT_REFUSED: _ClassVar[ErrorInfo.Kind]
+        SYSTEM: _ClassVar[ErrorInfo.Kind]
+        ACTOR_UNAVAILABLE: _ClassVar[ErrorInfo.Kind]
+        OBJECT_LOST: _ClassVar[ErrorInfo.Kind]
+        INVALID_REQUEST: _ClassVar[ErrorInfo.Kind]
+        ACTOR_NOT_FOUND: _ClassVar[ErrorInfo.Kind]
+    UNKNOWN: ErrorInfo.Kind
+    WORKER_CRASHED: ErrorInfo.Kind
+    ACTOR_DIED: ErrorInfo.Kind
+    TASK_CANCELLED: ErrorInfo.Kind
+    OBJECT_FREED: ErrorInfo.Kind
+    UNKNOWN_OBJECT: ErrorInfo.Kind
+    PLACEMENT_REFUSED: ErrorInfo.Kind
+    SYSTEM: ErrorInfo.Kind
+    ACTOR_UNAVAILABLE: ErrorInfo.Kind
+    OBJECT_LOST: ErrorInfo.Kind
+    INVALID_REQUEST: ErrorInfo.Kind
+    ACTOR_NOT_FOUND: ErrorInfo.Kind
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    kind: ErrorInfo.Kind
+    message: str
+    def __init__(self, kind: _Optional[_Union[ErrorInfo.Kind, str]] = ..., message: _Optional[str] = ...) -> None: ...
+
+class Arg(_message.Message):
+    __slots__ = ("keyword", "object_id", "inline_blob", "owner_node")
+    KEYWORD_FIELD_NUMBER: _ClassVar[int]
+    OBJECT_ID_FIELD_NUMBER: _ClassVar[int]
+    INLINE_BLOB_FIELD_NUMBER: _ClassVar[int]
+    OWNER_NODE_FIELD_NUMBER: _ClassVar[int]
+    keyword: str
+    object_id: bytes
+    inline_blob: bytes
+    owner_node: str
+    def __init__(self, keyword: _Optional[str] = ..., object_id: _Optional[bytes] = ..., inline_blob: _Optional[bytes] = ..., owner_node: _Optional[str] = ...) -> None: ...
+
+class ActorOptions(_message.Message):
+    __slots__ = ("max_restarts", "max_task_retries", "max_concurrency", "name", "namespace", "detached", "class_name", "handle_meta")
+    MAX_RESTARTS_FIELD_NUMBER: _ClassVar[int]
+    MAX_TASK_RETRIES_FIELD_NUMBER: _ClassVar[int]
+    MAX_CONCURRENCY_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    NAMESPACE_FIELD_NUMBER: _ClassVar[int]
+    DETACHED_FIELD_NUMBER: _ClassVar[int]
+    CLASS_NAME_FIELD_NUMBER: _ClassVar[int]
+    HANDLE_META_FIELD_NUMBER: _ClassVar[int]
+    max_restarts: int
+    max_task_retries: int
+    max_concurrency: int
+    name: str
+    namespace: str
+    detached: bool
+    class_name: str
+    handle_meta: str
+    def __init__(self, max_restarts: _Optional[int] = ..., max_task_retries: _Optional[int] = ..., max_concurrency: _Optional[int] = ..., name: _Optional[str] = ..., namespace: _Optional[str] = ..., detached: _Optional[bool] = ..., class_name: _Optional[str] = ..., handle_meta: _Optional[str] = ...) -> None: ...
+
+class TaskSpec(_message.Message):
+    __slots__ = ("task_id", "kind", "function_digest", "function_blob", "function_name", "args", "num_returns", "resources", "max_retries", "retry_exceptions", "actor_id", "method_name", "sequence_no", "actor_options", "parent_task_id", "owner_node", "tenant", "job_id", "caller_id", "actor_node")
+    class ResourcesEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: float
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
+    TASK_ID_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    FUNCTION_DIGEST_FIELD_NUMBER: _ClassVar[int]
+    FUNCTION_BLOB_FIELD_NUMBER: _ClassVar[int]
+    FUNCTION_NAME_FIELD_NUMBER: _ClassVar[int]
+    ARGS_FIELD_NUMBER: _ClassVar[int]
+    NUM_RETURNS_FIELD_NUMBER: _ClassVar[int]
+    RESOURCES_FIELD_NUMBER: _ClassVar[int]
+    MAX_RETRIES_FIELD_NUMBER: _ClassVar[int]
+    RETRY_EXCEPTIONS_FIELD_NUMBER: _ClassVar[int]
+    ACTOR_ID_FIELD_NUMBER: _ClassVar[int]
+    METHOD_NAME_FIELD_NUMBER: _ClassVar[int]
+    SEQUENCE_NO_FIELD_NUMBER: _ClassVar[int]
+    ACTOR_OPTIONS_FIELD_NUMBER: _ClassVar[int]
+    PARENT_TASK_ID_FIELD_NUMBER: _ClassVar[int]
+    OWNER_NODE_FIELD_NUMBER: _ClassVar[int]
+    TENANT_FIELD_NUMBER: _ClassVar[int]
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    CALLER_ID_FIELD_NUMBER: _ClassVar[int]
+    ACTOR_NODE_FIELD_NUMBER: _ClassVar[int]
+    task_id: bytes
+    kind: TaskKind
+    function_digest: bytes
+    function_blob: bytes
+    function_name: str
+    args: _containers.RepeatedCompositeFieldContainer[Arg]
+    num_returns: int
+    resources: _containers.ScalarMap[str, float]
+    max_retries: int
+    retry_exceptions: bool
+    actor_id: bytes
+    method_name: str
+    sequence_no: int
+    actor_options: ActorOptions
+    parent_task_id: bytes
+    owner_node: str
+    tenant: str
+    job_id: bytes
+    caller_id: bytes
+    actor_node: str
+    def __init__(self, task_id: _Optional[bytes] = ..., kind: _Optional[_Union[TaskKind, str]] = ..., function_digest: _Optional[bytes] = ..., function_blob: _Optional[bytes] = ..., function_name: _Optional[str] = ..., args: _Optional[_Iterable[_Union[Arg, _Mapping]]] = ..., num_returns: _Optional[int] = ..., resources: _Optional[_Mapping[str, float]] = ..., max_retries: _Optional[int] = ..., retry_exceptions: _Optional[bool] = ..., actor_id: _Optional[bytes] = ..., method_name: _Optional[str] = ..., sequence_no: _Optional[int] = ..., actor_options: _Optional[_Union[ActorOptions, _Mapping]] = ..., parent_task_id: _Optional[bytes] = ..., owner_node: _Optional[str] = ..., tenant: _Optional[str] = ..., job_id: _Optional[bytes] = ..., caller_id: _Optional[bytes] = ..., actor_node: _Optional[str] = ...) -> None: ...
+
+class Hello(_message.Message):
+    __slots__ = ("namespace", "host_token")
+    NAMESPACE_FIELD_NUMBER: _ClassVar[int]
+    HOST_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    namespace: str
+    host_token: str
+    def __init__(self, namespace: _Optional[str] = ..., host_token: _Optional[str] = ...) -> None: ...
+
+class Welcome(_message.Message):
+    __slots__ = ("node_id", "tenant", "job_id", "store_path", "namespace", "region")
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    TENANT_FIELD_NUMBER: _ClassVar[int]
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    STORE_PATH_FIELD_NUMBER: _ClassVar[int]
+    NAMESPACE_FIELD_NUMBER: _ClassVar[int]
+    REGION_FIELD_NUMBER: _ClassVar[int]
+    node_id: str
+    tenant: str
+    job_id: bytes
+    store_path: str
+    namespace: str
+    region: str
+    def __init__(self, node_id: _Optional[str] = ..., tenant: _Optional[str] = ..., job_id: _Optional[bytes] = ..., store_path: _Optional[str] = ..., namespace: _Optional[str] = ..., region: _Optional[str] = ...) -> None: ...
+
+class Subscribe(_message.Message):
+    __slots__ = ("object_ids",)
+    OBJECT_IDS_FIELD_NUMBER: _ClassVar[int]
+    object_ids: _containers.RepeatedScalarFieldContainer[bytes]
+    def __init__(self, object_ids: _Optional[_Iterable[bytes]] = ...) -> None: ...
+
+class PutObject(_message.Message):
+    __slots__ = ("object_id", "inline_blob", "sealed_size", "contained_ids")
+    OBJECT_ID_FIELD_NUMBER: _ClassVar[int]
+    INLINE_BLOB_FIELD_NUMBER: _ClassVar[int]
+    SEALED_SIZE_FIELD_NUMBER: _ClassVar[int]
+    CONTAINED_IDS_FIELD_NUMBER: _ClassVar[int]
+    object_id: bytes
+    inline_blob: bytes
+    sealed_size: int
+    contained_ids: _containers.RepeatedScalarFieldContainer[bytes]
+    def __init__(self, object_id: _Optional[bytes] = ..., inline_blob: _Optional[bytes] = ..., sealed_size: _Optional[int] = ..., contained_ids: _Optional[_Iterable[bytes]] = ...) -> None: ...
+
+class RefUpdate(_message.Message):
+    __slots__ = ("add", "release")
+    ADD_FIELD_NUMBER: _ClassVar[int]
+    RELEASE_FIELD_NUMBER: _ClassVar[int]
+    add: _containers.RepeatedScalarFieldContainer[bytes]
+    release: _containers.RepeatedScalarFieldContainer[bytes]
+    def __init__(self, add: _Optional[_Iterable[bytes]] = ..., release: _Optional[_Iterable[bytes]] = ...) -> None: ...
+
+class KillActor(_message.Message):
+    __slots__ = ("actor_id", "no_restart", "actor_node", "tenant")
+    ACTOR_ID_FIELD_NUMBER: _ClassVar[int]
+    NO_RESTART_FIELD_NUMBER: _ClassVar[int]
+    ACTOR_NODE_FIELD_NUMBER: _ClassVar[int]
+    TENANT_FIELD_NUMBER: _ClassVar[int]
+    actor_id: bytes
+    no_restart: bool
+    actor_node: str
+    tenant: str
+    def __init__(self, actor_id: _Optional[bytes] = ..., no_restart: _Optional[bool] = ..., actor_node: _Optional[str] = ..., tenant: _Optional[str] = ...) -> None: ...
+
+class CancelTask(_message.Message):
+    __slots__ = ("task_id", "force", "recursive", "tenant")
+    TASK_ID_FIELD_NUMBER: _ClassVar[int]
+    FORCE_FIELD_NUMBER: _ClassVar[int]
+    RECURSIVE_FIELD_NUMBER: _ClassVar[int]
+    TENANT_FIELD_NUMBER: _ClassVar[int]
+    task_id: bytes
+    force: bool
+    recursive: bool
+    tenant: str
+    def __init__(self, task_id: _Optional[bytes] = ..., force: _Optional[bool] = ..., recursive: _Optional[bool] = ..., tenant: _Optional[str] = ...) -> None: ...
+
+class GetActor(_message.Message):
+    __slots__ = ("name", "namespace")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    NAMESPACE_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    namespace: str
+    def __init__(self, name: _Optional[str] = ..., namespace: _Optional[str] = ...) -> None: ...
+
+class ClusterInfoRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class FetchInline(_message.Message):
+    __slots__ = ("object_id",)
+    OBJECT_ID_FIELD_NUMBER: _ClassVar[int]
+    object_id: bytes
+    def __init__(self, object_id: _Optional[bytes] = ...) -> None: ...
+
+class Blocked(_message.Message):
+    __slots__ = ("blocked",)
+    BLOCKED_FIELD_NUMBER: _ClassVar[int]
+    blocked: bool
+    def __init__(self, blocked: _Optional[bool] = ...) -> None: ...
+
+class ClientMessage(_message.Message):
+    __slots__ = ("request_id", "hello", "submit", "subscribe", "put", "refs", "kill", "cancel", "get_actor", "cluster_info", "fetch", "blocked")
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    HELLO_FIELD_NUMBER: _ClassVar[int]
+    SUBMIT_FIELD_NUMBER: _ClassVar[int]
+    SUBSCRIBE_FIELD_NUMBER: _ClassVar[int]
+    PUT_FIELD_NUMBER: _ClassVar[int]
+    REFS_FIELD_NUMBER: _ClassVar[int]
+    KILL_FIELD_NUMBER: _ClassVar[int]
+    CANCEL_FIELD_NUMBER: _ClassVar[int]
+    GET_ACTOR_FIELD_NUMBER: _ClassVar[int]
+    CLUSTER_INFO_FIELD_NUMBER: _ClassVar[int]
+    FETCH_FIELD_NUMBER: _ClassVar[int]
+    BLOCKED_FIELD_NUMBER: _ClassVar[int]
+    request_id: int
+    hello: Hello
+    submit: TaskSpec
+    subscribe: Subscribe
+    put: PutObject
+    refs: RefUpdate
+    kill: KillActor
+    cancel: CancelTask
+    get_actor: GetActor
+    cluster_info: ClusterInfoRequest
+    fetch: FetchInline
+    blocked: Blocked
+    def __init__(self, request_id: _Optional[int] = ..., hello: _Optional[_Union[Hello, _Mapping]] = ..., submit: _Optional[_Union[TaskSpec, _Mapping]] = ..., subscribe: _Optional[_Union[Subscribe, _Mapping]] = ..., put: _Optional[_Union[PutObject, _Mapping]] = ..., refs: _Optional[_Union[RefUpdate, _Mapping]] = ..., kill: _Optional[_Union[KillActor, _Mapping]] = ..., cancel: _Optional[_Union[CancelTask, _Mapping]] = ..., get_actor: _Optional[_Union[GetActor, _Mapping]] = ..., cluster_info: _Optional[_Union[ClusterInfoRequest, _Mapping]] = ..., fetch: _Optional[_Union[FetchInline, _Mapping]] = ..., blocked: _Optional[_Union[Blocked, _Mapping]] = ...) -> None: ...
+
+class ObjectReady(_message.Message):
+    __slots__ = ("object_id", "inline_blob", "stored_size", "error")
+    OBJECT_ID_FIELD_NUMBER: _ClassVar[int]
+    INLINE_BLOB_FIELD_NUMBER: _ClassVar[int]
+    STORED_SIZE_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    object_id: bytes
+    inline_blob: bytes
+    stored_size: int
+    error: ErrorInfo
+    def __init__(self, object_id: _Optional[bytes] = ..., inline_blob: _Optional[bytes] = ..., stored_size: _Optional[int] = ..., error: _Optional[_Union[ErrorInfo, _Mapping]] = ...) -> None: ...
+
+class ActorInfo(_message.Message):
+    __slots__ = ("actor_id", "name", "namespace", "node_id", "state", "class_name", "handle_meta", "tenant")
+    ACTOR_ID_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    NAMESPACE_FIELD_NUMBER: _ClassVar[int]
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    CLASS_NAME_FIELD_NUMBER: _ClassVar[int]
+    HANDLE_META_FIELD_NUMBER: _ClassVar[int]
+    TENANT_FIELD_NUMBER: _ClassVar[int]
+    actor_id: bytes
+    name: str
+    namespace: str
+    node_id: str
+    state: str
+    class_name: str
+    handle_meta: str
+    tenant: str
+    def __init__(self, actor_id: _Optional[bytes] = ..., name: _Optional[str] = ..., namespace: _Optional[str] = ..., node_id: _Optional[str] = ..., state: _Optional[str] = ..., class_name: _Optional[str] = ..., handle_meta: _Optional[str] = ..., tenant: _Optional[str] = ...) -> None: ...
+
+class NodeInfo(_message.Message):
+    __slots__ = ("node_id", "address", "region", "total", "available", "alive", "labels", "running_tasks", "queued_tasks", "workers", "identity")
+    class TotalEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: float
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
+    class AvailableEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: float
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
+    class LabelsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    REGION_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_FIELD_NUMBER: _ClassVar[int]
+    AVAILABLE_FIELD_NUMBER: _ClassVar[int]
+    ALIVE_FIELD_NUMBER: _ClassVar[int]
+    LABELS_FIELD_NUMBER: _ClassVar[int]
+    RUNNING_TASKS_FIELD_NUMBER: _ClassVar[int]
+    QUEUED_TASKS_FIELD_NUMBER: _ClassVar[int]
+    WORKERS_FIELD_NUMBER: _ClassVar[int]
+    IDENTITY_FIELD_NUMBER: _ClassVar[int]
+    node_id: str
+    address: str
+    region: str
+    total: _containers.ScalarMap[str, float]
+    available: _containers.ScalarMap[str, float]
+    alive: bool
+    labels: _containers.ScalarMap[str, str]
+    running_tasks: int
+    queued_tasks: int
+    workers: int
+    identity: str
+    def __init__(self, node_id: _Optional[str] = ..., address: _Optional[str] = ..., region: _Optional[str] = ..., total: _Optional[_Mapping[str, float]] = ..., available: _Optional[_Mapping[str, float]] = ..., alive: _Optional[bool] = ..., labels: _Optional[_Mapping[str, str]] = ..., running_tasks: _Optional[int] = ..., queued_tasks: _Optional[int] = ..., workers: _Optional[int] = ..., identity: _Optional[str] = ...) -> None: ...
+
+class ClusterInfo(_message.Message):
+    __slots__ = ("nodes", "version")
+    NODES_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    nodes: _containers.RepeatedCompositeFieldContainer[NodeInfo]
+    version: int
+    def __init__(self, nodes: _Optional[_Iterable[_Union[NodeInfo, _Mapping]]] = ..., version: _Optional[int] = ...) -> None: ...
+
+class Reply(_message.Message):
+    __slots__ = ("error", "welcome", "actor", "cluster", "inline_blob")
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    WELCOME_FIELD_NUMBER: _ClassVar[int]
+    ACTOR_FIELD_NUMBER: _ClassVar[int]
+    CLUSTER_FIELD_NUMBER: _ClassVar[int]
+    INLINE_BLOB_FIELD_NUMBER: _ClassVar[int]
+    error: ErrorInfo
+    welcome: Welcome
+    actor: ActorInfo
+    cluster: ClusterInfo
+    inline_blob: bytes
+    def __init__(self, error: _Optional[_Union[ErrorInfo, _Mapping]] = ..., welcome: _Optional[_Union[Welcome, _Mapping]] = ..., actor: _Optional[_Union[ActorInfo, _Mapping]] = ..., cluster: _Optional[_Union[ClusterInfo, _Mapping]] = ..., inline_blob: _Optional[bytes] = ...) -> None: ...
+
+class ServerMessage(_message.Message):
+    __slots__ = ("request_id", "ready", "reply")
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    READY_FIELD_NUMBER: _ClassVar[int]
+    REPLY_FIELD_NUMBER: _ClassVar[int]
+    request_id: int
+    ready: ObjectReady
+    reply: Reply
+    def __init__(self, request_id: _Optional[int] = ..., ready: _Optional[_Union[ObjectReady, _Mapping]] = ..., reply: _Optional[_Union[Reply, _Mapping]] = ...) -> None: ...
+
+class ClientBatch(_message.Message):
+    __slots__ = ("messages",)
+    MESSAGES_FIELD_NUMBER: _ClassVar[int]
+    messages: _containers.RepeatedCompositeFieldContainer[ClientMessage]
+    def __init__(self, messages: _Optional[_Iterable[_Union[ClientMessage, _Mapping]]] = ...) -> None: ...
+
+class ServerBatch(_message.Message):
+    __slots__ = ("messages",)
+    MESSAGES_FIELD_NUMBER: _ClassVar[int]
+    messages: _containers.RepeatedCompositeFieldContainer[ServerMessage]
+    def __init__(self, messages: _Optional[_Iterable[_Union[ServerMessage, _Mapping]]] = ...) -> None: ...
+
+class ResolvedArg(_message.Message):
+    __slots__ = ("keyword", "inline_blob", "stored_id")
+    KEYWORD_FIELD_NUMBER: _ClassVar[int]
+    INLINE_BLOB_FIELD_NUMBER: _ClassVar[int]
+    STORED_ID_FIELD_NUMBER: _ClassVar[int]
+    keyword: str
+    inline_blob: bytes
+    stored_id: bytes
+    def __init__(self, keyword: _Optional[str] = ..., inline_blob: _Optional[bytes] = ..., stored_id: _Optional[bytes] = ...) -> None: ...
+
+class ExecuteTask(_message.Message):
+    __slots__ = ("spec", "args")
+    SPEC_FIELD_NUMBER: _ClassVar[int]
+    ARGS_FIELD_NUMBER: _ClassVar[int]
+    spec: TaskSpec
+    args: _containers.RepeatedCompositeFieldContainer[ResolvedArg]
+    def __init__(self, spec: _Optional[_Union[TaskSpec, _Mapping]] = ..., args: _Optional[_Iterable[_Union[ResolvedArg, _Mapping]]] = ...) -> None: ...
+
+class ReturnValue(_message.Message):
+    __slots__ = ("object_id", "inline_blob", "stored_size", "contained_ids")
+    OBJECT_ID_FIELD_NUMBER: _ClassVar[int]
+    INLINE_BLOB_FIELD_NUMBER: _ClassVar[int]
+    STORED_SIZE_FIELD_NUMBER: _ClassVar[int]
+    CONTAINED_IDS_FIELD_NUMBER: _ClassVar[int]
+    object_id: bytes
+    inline_blob: bytes
+    stored_size: int
+    contained_ids: _containers.RepeatedScalarFieldContainer[bytes]
+    def __init__(self, object_id: _Optional[bytes] = ..., inline_blob: _Optional[bytes] = ..., stored_size: _Optional[int] = ..., contained_ids: _Optional[_Iterable[bytes]] = ...) -> None: ...
+
+class TaskResult(_message.Message):
+    __slots__ = ("task_id", "returns", "is_error")
+    TASK_ID_FIELD_NUMBER: _ClassVar[int]
+    RETURNS_FIELD_NUMBER: _ClassVar[int]
+    IS_ERROR_FIELD_NUMBER: _ClassVar[int]
+    task_id: bytes
+    returns: _containers.RepeatedCompositeFieldContainer[ReturnValue]
+    is_error: bool
+    def __init__(self, task_id: _Optional[bytes] = ..., returns: _Optional[_Iterable[_Union[ReturnValue, _Mapping]]] = ..., is_error: _Optional[bool] = ...) -> None: ...
+
+class WorkerStarted(_message.Message):
+    __slots__ = ("pid",)
+    PID_FIELD_NUMBER: _ClassVar[int]
+    pid: int
+    def __init__(self, pid: _Optional[int] = ...) -> None: ...
+
+class FromWorker(_message.Message):
+    __slots__ = ("client", "result", "started")
+    CLIENT_FIELD_NUMBER: _ClassVar[int]
+    RESULT_FIELD_NUMBER: _ClassVar[int]
+    STARTED_FIELD_NUMBER: _ClassVar[int]
+    client: ClientMessage
+    result: TaskResult
+    started: WorkerStarted
+    def __init__(self, client: _Optional[_Union[ClientMessage, _Mapping]] = ..., result: _Optional[_Union[TaskResult, _Mapping]] = ..., started: _Optional[_Union[WorkerStarted, _Mapping]] = ...) -> None: ...
+
+class ToWorker(_message.Message):
+    __slots__ = ("server", "execute", "cancel")
+    SERVER_FIELD_NUMBER: _ClassVar[int]
+    EXECUTE_FIELD_NUMBER: _ClassVar[int]
+    CANCEL_FIELD_NUMBER: _ClassVar[int]
+    server: ServerMessage
+    execute: ExecuteTask
+    cancel: CancelTask
+    def __init__(self, server: _Optional[_Union[ServerMessage, _Mapping]] = ..., execute: _Optional[_Union[ExecuteTask, _Mapping]] = ..., cancel: _Optional[_Union[CancelTask, _Mapping]] = ...) -> None: ...
+
+class ObjectLocation(_message.Message):
+    __slots__ = ("object_id", "tenant", "inline_blob", "stored_size", "error", "contained_ids")
+    OBJECT_ID_FIELD_NUMBER: _ClassVar[int]
+    TENANT_FIELD_NUMBER: _ClassVar[int]
+    INLINE_BLOB_FIELD_NUMBER: _ClassVar[int]
+    STORED_SIZE_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    CONTAINED_IDS_FIELD_NUMBER: _ClassVar[int]
+    object_id: bytes
+    tenant: str
+    inline_blob: bytes
+    stored_size: int
+    error: ErrorInfo
+    contained_ids: _containers.RepeatedScalarFieldContainer[bytes]
+    def __init__(self, object_id: _Optional[bytes] = ..., tenant: _Optional[str] = ..., inline_blob: _Optional[bytes] = ..., stored_size: _Optional[int] = ..., error: _Optional[_Union[ErrorInfo, _Mapping]] = ..., contained_ids: _Optional[_Iterable[bytes]] = ...) -> None: ...
+
+class TaskFinished(_message.Message):
+    __slots__ = ("task_id", "returns")
+    TASK_ID_FIELD_NUMBER: _ClassVar[int]
+    RETURNS_FIELD_NUMBER: _ClassVar[int]
+    task_id: bytes
+    returns: _containers.RepeatedCompositeFieldContainer[ObjectLocation]
+    def __init__(self, task_id: _Optional[bytes] = ..., returns: _Optional[_Iterable[_Union[ObjectLocation, _Mapping]]] = ...) -> None: ...
+
+class ActorCreated(_message.Message):
+    __slots__ = ("actor_id", "error")
+    ACTOR_ID_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    actor_id: bytes
+    error: ErrorInfo
+    def __init__(self, actor_id: _Optional[bytes] = ..., error: _Optional[_Union[ErrorInfo, _Mapping]] = ...) -> None: ...
+
+class PeerMessage(_message.Message):
+    __slots__ = ("forward", "finished", "kill", "cancel", "free")
+    FORWARD_FIELD_NUMBER: _ClassVar[int]
+    FINISHED_FIELD_NUMBER: _ClassVar[int]
+    KILL_FIELD_NUMBER: _ClassVar[int]
+    CANCEL_FIELD_NUMBER: _ClassVar[int]
+    FREE_FIELD_NUMBER: _ClassVar[int]
+    forward: TaskSpec
+    finished: TaskFinished
+    kill: KillActor
+    cancel: CancelTask
+    free: ObjectLocation
+    def __init__(self, forward: _Optional[_Union[TaskSpec, _Mapping]] = ..., finished: _Optional[_Union[TaskFinished, _Mapping]] = ..., kill: _Optional[_Union[KillActor, _Mapping]] = ..., cancel: _Optional[_Union[CancelTask, _Mapping]] = ..., free: _Optional[_Union[ObjectLocation, _Mapping]] = ...) -> None: ...
+
+class PeerBatch(_message.Message):
+    __slots__ = ("messages",)
+    MESSAGES_FIELD_NUMBER: _ClassVar[int]
+    messages: _containers.RepeatedCompositeFieldContainer[PeerMessage]
+    def __init__(self, messages: _Optional[_Iterable[_Union[PeerMessage, _Mapping]]] = ...) -> None: ...
+
+class PeerAck(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class FetchRequest(_message.Message):
+    __slots__ = ("object_id", "tenant")
+    OBJECT_ID_FIELD_NUMBER: _ClassVar[int]
+    TENANT_FIELD_NUMBER: _ClassVar[int]
+    object_id: bytes
+    tenant: str
+    def __init__(self, object_id: _Optional[bytes] = ..., tenant: _Optional[str] = ...) -> None: ...
+
+class ObjectChunk(_message.Message):
+    __slots__ = ("total_size", "offset", "data", "error")
+    TOTAL_SIZE_FIELD_NUMBER: _ClassVar[int]
+    OFFSET_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    total_size: int
+    offset: int
+    data: bytes
+    error: ErrorInfo
+    def __init__(self, total_size: _Optional[int] = ..., offset: _Optional[int] = ..., data: _Optional[bytes] = ..., error: _Optional[_Union[ErrorInfo, _Mapping]] = ...) -> None: ...
+
+class RegisterNode(_message.Message):
+    __slots__ = ("address", "region", "resources", "labels")
+    class ResourcesEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: float
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
+    class LabelsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    REGION_FIELD_NUMBER: _ClassVar[int]
+    RESOURCES_FIELD_NUMBER: _ClassVar[int]
+    LABELS_FIELD_NUMBER: _ClassVar[int]
+    address: str
+    region: str
+    resources: _containers.ScalarMap[str, float]
+    labels: _containers.ScalarMap[str, str]
+    def __init__(self, address: _Optional[str] = ..., region: _Optional[str] = ..., resources: _Optional[_Mapping[str, float]] = ..., labels: _Optional[_Mapping[str, str]] = ...) -> None: ...
+
+class NodeReport(_message.Message):
+    __slots__ = ("available", "running_tasks", "queued_tasks", "workers", "register")
+    class AvailableEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: float
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
+    AVAILABLE_FIELD_NUMBER: _ClassVar[int]
+    RUNNING_TASKS_FIELD_NUMBER: _ClassVar[int]
+    QUEUED_TASKS_FIELD_NUMBER: _ClassVar[int]
+    WORKERS_FIELD_NUMBER: _ClassVar[int]
+    REGISTER_FIELD_NUMBER: _ClassVar[int]
+    available: _containers.ScalarMap[str, float]
+    running_tasks: int
+    queued_tasks: int
+    workers: int
+    register: RegisterNode
+    def __init__(self, available: _Optional[_Mapping[str, float]] = ..., running_tasks: _Optional[int] = ..., queued_tasks: _Optional[int] = ..., workers: _Optional[int] = ..., register: _Optional[_Union[RegisterNode, _Mapping]] = ...) -> None: ...
+
+class ActorRecord(_message.Message):
+    __slots__ = ("info",)
+    INFO_FIELD_NUMBER: _ClassVar[int]
+    info: ActorInfo
+    def __init__(self, info: _Optional[_Union[ActorInfo, _Mapping]] = ...) -> None: ...
+
+class LookupActor(_message.Message):
+    __slots__ = ("tenant", "name", "namespace", "actor_id")
+    TENANT_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    NAMESPACE_FIELD_NUMBER: _ClassVar[int]
+    ACTOR_ID_FIELD_NUMBER: _ClassVar[int]
+    tenant: str
+    name: str
+    namespace: str
+    actor_id: bytes
+    def __init__(self, tenant: _Optional[str] = ..., name: _Optional[str] = ..., namespace: _Optional[str] = ..., actor_id: _Optional[bytes] = ...) -> None: ...
+
+class Empty(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...

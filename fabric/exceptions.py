@@ -1,0 +1,150 @@
+"""Typed errors. Every error Fabric raises derives from :class:`FabricError`.
+
+The names mirror Ray's ``ray.exceptions`` so that ``import fabric as ray`` ports the
+``except`` clauses of a Ray program too.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class FabricError(Exception):
+    """Root of every error Fabric raises."""
+
+    def diagnostics(self) -> str:
+        """A readable explanation for humans (the CLI prints this)."""
+        return str(self)
+
+
+class GetTimeoutError(FabricError, TimeoutError):
+    """``get`` or ``wait`` did not see the object(s) ready before the timeout."""
+
+
+class RaySystemError(FabricError):
+    """The fabric itself failed (lost connection, protocol violation)."""
+
+
+
+class ConnectionLostError(RaySystemError):
+    """The connection to the node agent was lost."""
+
+
+class TaskError(FabricError):
+    """A task raised. ``get`` re-raises it as an instance of both this class and the
+    original exception's type, so ``except ValueError`` still catches a remote ValueError."""
+
+    def __init__(self, function_name: str, traceback_str: str, cause: BaseException | None) -> None:
+        self.function_name = function_name
+        self.traceback_str = traceback_str
+        self.cause = cause
+        super().__init__(self._message())
+
+    def _message(self) -> str:
+        return f"{type(self.cause).__name__ if self.cause else 'error'} in {self.function_name}\n{self.traceback_str}"
+
+    def __str__(self) -> str:
+        return self._message()
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_rebuild_task_error, (self.function_name, self.traceback_str, self.cause))
+
+    def as_instanceof_cause(self) -> TaskError:
+        """This error as an instance of both ``TaskError`` and the cause's class."""
+        cause = self.cause
+        if cause is None or isinstance(self, type(cause)):
+            return self
+        cause_cls = type(cause)
+        try:
+            combined = _dual_class(cause_cls)
+            err = combined.__new__(combined)
+            # Copy the cause's state so attributes such as ``errno`` survive.
+            err.__dict__.update(getattr(cause, "__dict__", {}))
+            err.args = cause.args
+            err.function_name = self.function_name
+            err.traceback_str = self.traceback_str
+            err.cause = cause
+            return err
+        except TypeError:
+            # Some builtins (with incompatible layouts) cannot be mixed in; the plain
+            # TaskError still carries the cause and the remote traceback.
+            return self
+
+
+RayTaskError = TaskError
+
+_DUAL_CLASSES: dict[type, type] = {}
+
+
+def _dual_class(cause_cls: type) -> type:
+    cls = _DUAL_CLASSES.get(cause_cls)
+    if cls is None:
+        cls = type(
+            f"TaskError({cause_cls.__name__})",
+            (TaskError, cause_cls),
+            {"__init__": lambda self, *a, **k: None, "__str__": TaskError.__str__},
+        )
+        _DUAL_CLASSES[cause_cls] = cls
+    return cls
+
+
+def _rebuild_task_error(name: str, tb: str, cause: BaseException | None) -> TaskError:
+    return TaskError(name, tb, cause).as_instanceof_cause()
+
+
+class ActorError(FabricError):
+    """Base of errors about actors."""
+
+
+class ActorDiedError(ActorError):
+    """The actor is dead: killed, crashed past its restarts, or its owner exited."""
+
+
+RayActorError = ActorDiedError
+
+
+class ActorUnavailableError(ActorError):
+    """The actor is restarting; the call may succeed if retried."""
+
+
+class ActorNotFoundError(ActorError, ValueError):
+    """``get_actor`` found no live actor of that name in the namespace."""
+
+
+class WorkerCrashedError(FabricError):
+    """The worker process running the task died (and retries, if any, ran out)."""
+
+
+class TaskCancelledError(FabricError):
+    """The task was cancelled before it finished."""
+
+
+class ObjectLostError(FabricError):
+    """The object's value is gone and cannot be recovered."""
+
+
+class ObjectFreedError(ObjectLostError):
+    """The object was freed: no reference held it any longer."""
+
+
+class UnknownObjectError(FabricError):
+    """A reference is unknown to this session (foreign, forged or never existed)."""
+
+
+class OutOfMemoryError(FabricError):
+    """The node's object store is full."""
+
+
+ObjectStoreFullError = OutOfMemoryError
+
+
+class RemoteFunctionUsageError(FabricError, TypeError):
+    """A remote function or actor was used the wrong way."""
+
+
+class PlacementRefusedError(FabricError):
+    """No node may ever run the request (its resources or the policy rule it out)."""
+
+
+class InvalidRequestError(FabricError, ValueError):
+    """The fabric rejected a malformed or forbidden request."""
