@@ -194,6 +194,8 @@ def prestart(name: str, module: str, ready_file: Path, log_path: Path) -> Launch
     start-up, which is most of an agent's start time.
     """
     cmd = [sys.executable, "-m", __name__, _PRESTART_FLAG, module]
+    if os.environ.get("XX_NOPRE"):
+        return Launch(name, None, ready_file, log_path, 0)  # type: ignore
     return _popen(name, cmd, ready_file, log_path, stdin=subprocess.PIPE)
 
 
@@ -201,6 +203,11 @@ def release(launch: Launch, cmd: Sequence[str]) -> None:
     """Run a :func:`prestart`-ed process as ``cmd`` (``python -m <its module> ARGS...``)."""
     if list(cmd[:2]) != [sys.executable, "-m"]:
         raise ValueError(f"not a `python -m MODULE` command: {cmd!r}")
+    if launch.process is None:
+        l = spawn(launch.name, cmd, launch.ready_file, launch.log_path)
+        launch.process = l.process
+        launch.log_offset = l.log_offset
+        return
     stdin = launch.process.stdin
     if stdin is None:
         raise ValueError(f"{launch.name} was not prestarted")
@@ -548,6 +555,7 @@ class LocalCluster:
                 self._ready_path(spec.node_id),
             )
             release(agents[spec.node_id], cmd)
+            self.processes[spec.node_id] = agents[spec.node_id].process
         ready = wait_ready(agents.values(), _remaining(deadline))
         self.agent_addresses = {spec.node_id: ready[spec.node_id].address for spec in self.nodes}
 

@@ -77,6 +77,11 @@ class RemoteFunction:
         self.__doc__ = function.__doc__
         self.__name__ = getattr(function, "__name__", "function")
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Tasks that call other remote functions carry them by value; the cache and its
+        # lock stay behind.
+        return (RemoteFunction, (self._function, self._options))
+
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         raise TypeError(
             f"remote function {self._name} cannot be called directly; "
@@ -137,6 +142,9 @@ class ActorClass:
         self._methods = _method_table(cls)
         self.__name__ = cls.__name__
         self.__doc__ = cls.__doc__
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (ActorClass, (self._cls, self._options))
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         raise TypeError(

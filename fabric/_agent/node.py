@@ -132,6 +132,9 @@ class NodeAgent:
             identity=identity,
         )
         self.sessions[session.session_id] = session
+        if not identity.startswith("worker:") and not self.workers.get(tenant) \
+                and not self.starting.get(tenant):
+            self._spawn_pool_worker(tenant)  # warm: the first task should not wait for a fork
         return session
 
     def welcome(self, session: Session) -> pb.Welcome:
@@ -472,10 +475,6 @@ class NodeAgent:
         decision = decide_placement(request, self._node_views(), view_version=self.view_version)
         if self.on_decision is not None:
             self.on_decision(decision, spec)
-        if spec.kind == pb.ACTOR_CREATION:
-            placed = decision.node_id if decision.outcome is Outcome.PLACE else None
-            if placed is not None or decision.outcome is Outcome.REFUSE:
-                self._actor_placed(spec.actor_id, placed or "")
         if decision.outcome is Outcome.PLACE and decision.node_id == self.node_id:
             if task.origin_node and not _fits(spec.resources, self.available):
                 self.waiting.append(task)  # spilled here: wait for local capacity
@@ -490,6 +489,9 @@ class NodeAgent:
             self.placing.append(task)
         else:
             self._fail(task, _err(E.PLACEMENT_REFUSED, "; ".join(decision.reasons)))
+        if spec.kind == pb.ACTOR_CREATION and decision.outcome is not Outcome.QUEUE:
+            # Calls made before placement follow the actor now that it has a place.
+            self._actor_placed(spec.actor_id, decision.node_id or "")
 
     def _route_actor_call(self, task: TaskEntry) -> None:
         actor_id = task.spec.actor_id
@@ -575,10 +577,13 @@ class NodeAgent:
                 self._route(task)
         still: list[TaskEntry] = []
         wanted: dict[str, int] = {}
+        # Capacity left for tasks that wait for a worker to start: spawn only as many
+        # workers as could run at once, not one per queued task.
+        spare = dict(self.available)
         for task in self.waiting:
             if task.cancelled or task.state is not TaskState.WAITING:
                 continue
-            if task.missing_args or not _fits(task.spec.resources, self.available):
+            if task.missing_args or not _fits(task.spec.resources, spare):
                 still.append(task)
                 continue
             error = self._arg_error(task)
@@ -588,8 +593,12 @@ class NodeAgent:
             worker = self._idle_worker(task.spec.tenant)
             if worker is None:
                 wanted[task.spec.tenant] = wanted.get(task.spec.tenant, 0) + 1
+                for name, amount in task.spec.resources.items():
+                    spare[name] = spare.get(name, 0.0) - amount
                 still.append(task)
                 continue
+            for name, amount in task.spec.resources.items():
+                spare[name] = spare.get(name, 0.0) - amount
             self._acquire(task)
             self._execute(task, worker)
         self.waiting = still
