@@ -136,7 +136,6 @@ def _start(args: argparse.Namespace) -> int:
     from fabric._cluster import HEAD_NAME, agent_command, head_command
 
     state_dir: Path = args.state_dir.expanduser()
-    certs: Path = args.certs
     if args.head:
         for option in ("region", "resources", "labels", "node_id"):
             if getattr(args, option) is not None:
@@ -146,31 +145,26 @@ def _start(args: argparse.Namespace) -> int:
     else:
         if args.region is None:
             raise CommandError("an agent needs --region")
-        node_id = args.node_id or socket.gethostname()
-        name, role = f"agent-{node_id}", "agent"
-    _check_credentials(certs, node_id)
-
-    ready_file = state_dir / "run" / f"{name}.ready.json"
-    if args.head:
-        cmd = head_command(
-            args.listen or DEFAULT_HEAD_LISTEN, certs, ready_file, state_dir=state_dir / "head"
-        )
-    else:
         resources = (
             parse_resources(args.resources)
             if args.resources is not None
             else {"CPU": float(os.cpu_count() or 1)}
         )
         labels = parse_labels(args.labels) if args.labels is not None else {}
+        node_id = args.node_id or socket.gethostname()
+        name, role = f"agent-{node_id}", "agent"
+    _check_credentials(args.certs, node_id)
+
+    # The process outlives this command and keeps no notion of its working directory.
+    certs = args.certs.resolve()
+    ready_file = state_dir.resolve() / "run" / f"{name}.ready.json"
+    if args.head:
+        listen = args.listen or DEFAULT_HEAD_LISTEN
+        cmd = head_command(listen, certs, ready_file, state_dir=state_dir.resolve() / "head")
+    else:
+        listen = args.listen or DEFAULT_AGENT_LISTEN
         cmd = agent_command(
-            args.address,
-            args.listen or DEFAULT_AGENT_LISTEN,
-            certs,
-            node_id,
-            args.region,
-            resources,
-            labels,
-            ready_file,
+            args.address, listen, certs, node_id, args.region, resources, labels, ready_file
         )
 
     if args.foreground:

@@ -206,9 +206,21 @@ class CoreClient:
         spec.parent_task_id = self.current_task_id
         if wait:
             self.request(pb.ClientMessage(submit=spec), timeout=60)
-            return
-        self._check_open()
-        self.transport.send(pb.ClientMessage(submit=spec))
+        else:
+            self._check_open()
+            self.transport.send(pb.ClientMessage(submit=spec))
+        # Arguments this call put into the store itself: the agent pinned them for the
+        # task when it took the submit, so this process lets go of them now.
+        auto_put = [
+            arg.object_id
+            for arg in spec.args
+            if arg.WhichOneof("value") == "object_id" and arg.object_id not in self._counts
+        ]
+        if auto_put:
+            with self._lock:
+                for object_id in auto_put:
+                    self._objects.pop(object_id, None)
+            self.transport.send(pb.ClientMessage(refs=pb.RefUpdate(release=auto_put)))
 
     def encode_arg(self, value: Any, describe: Callable[[], str]) -> pb.Arg:
         """A top-level argument: refs by id, small values inline, large ones put first."""
@@ -219,9 +231,6 @@ class CoreClient:
             return pb.Arg(inline_blob=serialized.to_bytes())
         object_id = os.urandom(16) + b"\0\0\0\0"
         self._put_serialized(object_id, serialized)
-        # The agent pins arguments while the task is pending, so this process need not
-        # hold the reference beyond the submit that follows in the same stream.
-        self.transport.send(pb.ClientMessage(refs=pb.RefUpdate(release=[object_id])))
         return pb.Arg(object_id=object_id, owner_node=self.node_id)
 
     @staticmethod

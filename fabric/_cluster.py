@@ -194,8 +194,6 @@ def prestart(name: str, module: str, ready_file: Path, log_path: Path) -> Launch
     start-up, which is most of an agent's start time.
     """
     cmd = [sys.executable, "-m", __name__, _PRESTART_FLAG, module]
-    if os.environ.get("XX_NOPRE"):
-        return Launch(name, None, ready_file, log_path, 0)  # type: ignore
     return _popen(name, cmd, ready_file, log_path, stdin=subprocess.PIPE)
 
 
@@ -203,11 +201,6 @@ def release(launch: Launch, cmd: Sequence[str]) -> None:
     """Run a :func:`prestart`-ed process as ``cmd`` (``python -m <its module> ARGS...``)."""
     if list(cmd[:2]) != [sys.executable, "-m"]:
         raise ValueError(f"not a `python -m MODULE` command: {cmd!r}")
-    if launch.process is None:
-        l = spawn(launch.name, cmd, launch.ready_file, launch.log_path)
-        launch.process = l.process
-        launch.log_offset = l.log_offset
-        return
     stdin = launch.process.stdin
     if stdin is None:
         raise ValueError(f"{launch.name} was not prestarted")
@@ -290,8 +283,11 @@ def log_tail(launch: Launch, lines: int = LOG_TAIL_LINES) -> str:
 
 def _last_line(text: str) -> str:
     for line in reversed(text.splitlines()):
-        if line.strip():
-            return line.strip()
+        line = line.strip()
+        if line:
+            # The processes report a failure as "fabric: error: ..."; the caller adds
+            # its own prefix.
+            return line.removeprefix("fabric: error: ")
     return ""
 
 
@@ -433,6 +429,7 @@ class LocalCluster:
         self._lock = threading.Lock()
         self._started = False
         self._stopped = False
+        self._owner_pid = os.getpid()
 
     # -- layout -----------------------------------------------------------------------
 
@@ -487,6 +484,7 @@ class LocalCluster:
             if self._started:
                 raise FabricError("this LocalCluster has already been started")
             self._started = True
+            self._owner_pid = os.getpid()
         deadline = time.monotonic() + timeout
         atexit.register(self.stop)
         try:
@@ -555,7 +553,6 @@ class LocalCluster:
                 self._ready_path(spec.node_id),
             )
             release(agents[spec.node_id], cmd)
-            self.processes[spec.node_id] = agents[spec.node_id].process
         ready = wait_ready(agents.values(), _remaining(deadline))
         self.agent_addresses = {spec.node_id: ready[spec.node_id].address for spec in self.nodes}
 
@@ -575,7 +572,9 @@ class LocalCluster:
         """Stop every process (SIGTERM, then SIGKILL after 5 s) and, if the cluster
         created its base directory, remove it. Calling it again does nothing."""
         with self._lock:
-            if self._stopped:
+            # A forked child inherits this object (and its atexit hook) but not the
+            # processes: they are its parent's to stop.
+            if self._stopped or os.getpid() != self._owner_pid:
                 return
             self._stopped = True
         atexit.unregister(self.stop)

@@ -198,10 +198,11 @@ def spawn_topology_owner(prefix: str, then: str) -> subprocess.Popen[bytes]:
     """A separate process that builds a topology, starts ``sleep`` in a host, prints
     what it created as JSON, then runs ``then``."""
     code = (
-        "import json, sys\n"
+        "import json, subprocess, sys\n"
         "from tests.netns import Topology\n"
         f"topo = Topology(2, prefix={prefix!r})\n"
-        "sleeper = topo.popen(topo.hosts[1], ['sleep', '600'])\n"
+        "sleeper = topo.popen(topo.hosts[1], ['sleep', '600'], stdin=subprocess.DEVNULL,\n"
+        "                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)\n"
         "names = {'namespaces': [h.name for h in topo.hosts],\n"
         "         'links': [topo._names.bridge] + [topo._names.veth(i) for i in range(2)],\n"
         "         'sleeper': sleeper.pid}\n"

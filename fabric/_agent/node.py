@@ -27,7 +27,13 @@ from fabric._agent.state import (
 from fabric._agent.workers import Worker, WorkerLauncher, WorkerState
 from fabric._object_store import ObjectStore, ObjectStoreError
 from fabric._proto import fabric_pb2 as pb
-from fabric._serialization import INLINE_THRESHOLD, KIND_ERROR, SerializationError, read_header
+from fabric._serialization import (
+    INLINE_THRESHOLD,
+    KIND_ERROR,
+    SerializationError,
+    blob_kind,
+    read_header,
+)
 from fabric.policy import Decision, NodeView, Outcome, PlacementRequest, decide_placement
 
 log = logging.getLogger(__name__)
@@ -629,8 +635,9 @@ class NodeAgent:
             self.available[name] = self.available.get(name, 0.0) + amount
         task.acquired = {}
 
-    def _arg_error(self, task: TaskEntry) -> pb.ErrorInfo | None:
-        """An argument that is itself an error fails the task without running it."""
+    def _arg_error(self, task: TaskEntry) -> pb.ErrorInfo | bytes | None:
+        """An argument that is itself an error (a fabric error, or a task's exception as an
+        opaque blob) fails the task without running it: the error propagates, as in Ray."""
         for arg in task.spec.args:
             if arg.WhichOneof("value") != "object_id":
                 continue
@@ -639,6 +646,8 @@ class NodeAgent:
                 return _unknown(arg.object_id)
             if entry.error is not None:
                 return entry.error
+            if entry.inline is not None and blob_kind(entry.inline) == KIND_ERROR:
+                return entry.inline
         return None
 
     def _resolved_args(self, task: TaskEntry) -> list[pb.ResolvedArg]:
@@ -819,7 +828,9 @@ class NodeAgent:
             locations.append(location)
         self._finish(task, locations)
 
-    def _fail(self, task: TaskEntry, error: pb.ErrorInfo) -> None:
+    def _fail(self, task: TaskEntry, error: pb.ErrorInfo | bytes) -> None:
+        """Finish `task` with `error` in every return slot: a fabric error, or an upstream
+        task's exception blob passed on unopened."""
         tenant = task.spec.tenant
         locations = []
         for object_id in task.return_ids:
@@ -827,9 +838,15 @@ class NodeAgent:
             if entry is None:
                 entry = ObjEntry(tenant=tenant, remote_owner=task.origin_node)
                 self.objects[object_id] = entry
-            entry.error = error
+            location = pb.ObjectLocation(object_id=object_id, tenant=tenant)
+            if isinstance(error, bytes):
+                entry.inline = error
+                location.inline_blob = error
+            else:
+                entry.error = error
+                location.error.CopyFrom(error)
             entry.state = ObjState.READY
-            locations.append(pb.ObjectLocation(object_id=object_id, tenant=tenant, error=error))
+            locations.append(location)
         self._finish(task, locations)
 
     def _finish(self, task: TaskEntry, locations: list[pb.ObjectLocation]) -> None:
