@@ -135,7 +135,7 @@ def _state_dir_option(parser: argparse.ArgumentParser) -> None:
 def _start(args: argparse.Namespace) -> int:
     from fabric._cluster import HEAD_NAME, agent_command, head_command
 
-    state_dir: Path = args.state_dir.expanduser()
+    state_dir: Path = args.state_dir.expanduser().resolve()
     if args.head:
         for option in ("region", "resources", "labels", "node_id"):
             if getattr(args, option) is not None:
@@ -157,10 +157,10 @@ def _start(args: argparse.Namespace) -> int:
 
     # The process outlives this command and keeps no notion of its working directory.
     certs = args.certs.resolve()
-    ready_file = state_dir.resolve() / "run" / f"{name}.ready.json"
+    ready_file = state_dir / "run" / f"{name}.ready.json"
     if args.head:
         listen = args.listen or DEFAULT_HEAD_LISTEN
-        cmd = head_command(listen, certs, ready_file, state_dir=state_dir.resolve() / "head")
+        cmd = head_command(listen, certs, ready_file, state_dir=state_dir / "head")
     else:
         listen = args.listen or DEFAULT_AGENT_LISTEN
         cmd = agent_command(
@@ -255,7 +255,7 @@ def _is_running(record: ProcessRecord) -> bool:
     try:
         proc = psutil.Process(record.pid)
         # Same process only if it started when the recorded one did.
-        same = abs(proc.create_time() - record.create_time) < 0.01
+        same = abs(proc.create_time() - record.create_time) < 0.05
     except psutil.Error:
         return False
     return same and not _exited(proc)
@@ -325,8 +325,11 @@ def _stop(args: argparse.Namespace) -> int:
     for pid, (record, _) in live.items():
         # Anything left in the process group (workers of an agent) goes too.
         _kill_group(pid)
-        how = f"killed after {args.timeout:g} s" if pid in killed else "stopped"
-        print(f"{how} {record.name} (pid {record.pid}, {record.address})")
+        what = f"{record.name} (pid {record.pid}, {record.address})"
+        if pid in killed:
+            print(f"killed {what}: it did not stop within {args.timeout:g} s")
+        else:
+            print(f"stopped {what}")
     for path, record in records:
         path.unlink(missing_ok=True)
         if record is not None:

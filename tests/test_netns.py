@@ -244,6 +244,7 @@ def test_topology_raises_when_unavailable(monkeypatch: pytest.MonkeyPatch) -> No
 def test_probe_reasons_without_ip_binary_or_when_disabled(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
+    monkeypatch.delenv(netns.DISABLE_ENV, raising=False)
     monkeypatch.setenv("PATH", str(tmp_path))
     reason = netns._probe()
     assert reason is not None and "ip" in reason
@@ -278,7 +279,9 @@ def test_topology_layout(topology3: Topology) -> None:
         assert str(os.getpid()) in host.name
         # Only the subnet itself and kernel-local entries: nothing is routed elsewhere.
         for route in ip_json("-n", host.name, "-4", "route", "show", "table", "all"):
-            dst = ipaddress.IPv4Network(str(route["dst"]).replace("default", "0/0"), strict=False)
+            dst = ipaddress.IPv4Network(
+                str(route["dst"]).replace("default", "0.0.0.0/0"), strict=False
+            )
             assert dst.subnet_of(subnet) or dst.is_loopback, route
         for route in ip_json("-n", host.name, "-6", "route", "show", "table", "all"):
             dst6 = ipaddress.IPv6Network(str(route["dst"]).replace("default", "::/0"))

@@ -1102,6 +1102,11 @@ class NodeAgent:
         task.state = TaskState.DONE
         self.tasks.pop(task.task_id, None)
         self._unpin_args(task)
+        if task.origin_node:
+            # We only relayed this task (e.g. a call to an actor we placed): pass the
+            # results on. Stored ones are fetched through us, since we know where they are.
+            relayed = pb.TaskFinished(task_id=task.task_id, returns=locations)
+            self.peers.send(task.origin_node, pb.PeerMessage(finished=relayed))
         for location in locations:
             entry = self.objects.get(location.object_id)
             if entry is None:
