@@ -16,7 +16,7 @@ from pathlib import Path
 
 import grpc
 
-from fabric._launch import add_credential_args, fail, load_credentials, setup_logging, write_ready_file
+from fabric._launch import add_credential_args, exit_with_parent, fail, load_credentials, setup_logging, write_ready_file
 from fabric._proto import fabric_pb2 as pb
 from fabric._proto import fabric_pb2_grpc as rpc
 from fabric._tls import PeerAuthenticator, RevocationList, auth_aio_server_interceptor, server_credentials
@@ -56,6 +56,10 @@ class ClusterDirectory:
         node = self.nodes.get(node_id)
         if node is None:
             return
+        if (dict(node.available) == dict(report.available)
+                and (node.running_tasks, node.queued_tasks, node.workers)
+                == (report.running_tasks, report.queued_tasks, report.workers)):
+            return  # a heartbeat: nothing to broadcast
         node.available.clear()
         node.available.update(report.available)
         node.running_tasks = report.running_tasks
@@ -186,7 +190,9 @@ async def serve(args: argparse.Namespace) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    watcher = loop.create_task(exit_with_parent(stop))
     await stop.wait()
+    watcher.cancel()
     await server.stop(grace=0.5)
 
 

@@ -24,6 +24,7 @@ from fabric._tls import PeerAuthenticator, secure_aio_channel
 log = logging.getLogger(__name__)
 
 CHUNK_SIZE = 4 << 20
+HEARTBEAT_INTERVAL = 1.0
 
 ALLOWED_KINDS = {
     "/fabric.v1.Agent/Session": frozenset({"tenant"}),
@@ -237,15 +238,23 @@ class HeadLink:
 
     async def _reports(self) -> AsyncIterator[pb.NodeReport]:
         yield pb.NodeReport(register=self._register())
+        last = b""
+        quiet = 0.0
         while True:
             try:
-                await asyncio.wait_for(self.changed.wait(), timeout=1.0)
+                await asyncio.wait_for(self.changed.wait(), timeout=HEARTBEAT_INTERVAL)
             except TimeoutError:
                 pass
             self.changed.clear()
             info = self.node.node_info()
-            yield pb.NodeReport(available=info.available, running_tasks=info.running_tasks,
-                                queued_tasks=info.queued_tasks, workers=info.workers)
+            report = pb.NodeReport(available=info.available, running_tasks=info.running_tasks,
+                                   queued_tasks=info.queued_tasks, workers=info.workers)
+            data = report.SerializeToString(deterministic=True)
+            now = asyncio.get_running_loop().time()
+            # Report changes, and an unchanged report now and then as a heartbeat.
+            if data != last or now - quiet >= HEARTBEAT_INTERVAL:
+                last, quiet = data, now
+                yield report
             # Coalesce bursts of load changes into at most one report per 50 ms.
             await asyncio.sleep(0.05)
 
