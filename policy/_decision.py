@@ -18,13 +18,14 @@ RULE_FITS_LOCAL = "place.local-fits"
 RULE_FITS_REMOTE = "place.remote-fits"
 RULE_PINNED_NODE = "place.pinned-node"
 RULE_WAIT_CAPACITY = "place.wait-capacity"
+RULE_WAIT_LOCAL = "place.wait-local"
 RULE_INFEASIBLE = "place.infeasible"
 RULE_NODE_GONE = "place.pinned-node-gone"
 
 
 class Outcome(enum.Enum):
     PLACE = "place"  # run on `Decision.node_id` now
-    QUEUE = "queue"  # satisfiable, but no capacity right now: wait
+    QUEUE = "queue"  # satisfiable, no capacity now: wait (on `node_id` when it is set)
     REFUSE = "refuse"  # can never be satisfied: fail the request
 
 
@@ -116,6 +117,10 @@ def decide_placement(
     if remote:
         best = max(remote, key=lambda n: (n.available.get("CPU", 0.0), n.node_id))
         return decide(Outcome.PLACE, best.node_id, RULE_FITS_REMOTE, f"fits on {best.node_id}")
+    if local is not None and _fits(request.resources, local.total):
+        return decide(
+            Outcome.QUEUE, local.node_id, RULE_WAIT_LOCAL, "waiting for capacity on the local node"
+        )
     if any(_fits(request.resources, n.total) for n in alive):
         return decide(
             Outcome.QUEUE, None, RULE_WAIT_CAPACITY, "waiting for capacity: no node has it free now"

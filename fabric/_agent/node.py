@@ -24,6 +24,7 @@ from fabric._agent.state import (
     TaskState,
     return_id,
 )
+from fabric._agent.scheduler import LocalQueues, fits, how_many_fit
 from fabric._agent.workers import Worker, WorkerLauncher, WorkerState
 from fabric._object_store import ObjectStore, ObjectStoreError
 from fabric._proto import fabric_pb2 as pb
@@ -40,6 +41,7 @@ log = logging.getLogger(__name__)
 
 E = pb.ErrorInfo
 MAX_RETURNS = 10_000
+MAX_HOPS = 2
 
 
 class Peers(Protocol):
@@ -107,8 +109,9 @@ class NodeAgent:
         self._next_session = 0
         self.objects: dict[bytes, ObjEntry] = {}
         self.tasks: dict[bytes, TaskEntry] = {}
-        self.waiting: list[TaskEntry] = []  # placed here, not yet running
-        self.placing: list[TaskEntry] = []  # no capacity anywhere right now
+        self.queues = LocalQueues()  # placed here, not yet running
+        self.placing: list[TaskEntry] = []  # feasible only elsewhere, no capacity there now
+        self.idle: dict[str, list[Worker]] = {}  # tenant -> idle pool workers
         self.functions: dict[tuple[str, bytes], bytes] = {}
         self.workers: dict[str, list[Worker]] = {}  # tenant -> pool (not actors)
         self.starting: dict[str, int] = {}
@@ -459,7 +462,8 @@ class NodeAgent:
                 self._unpin(arg.object_id)
 
     def _node_views(self) -> list[NodeView]:
-        views = [NodeView(self.node_id, self.region, self.total, self.available, True, self.labels)]
+        free = self.queues.free(self.available)
+        views = [NodeView(self.node_id, self.region, self.total, free, True, self.labels)]
         for info in self.nodes.values():
             if info.node_id != self.node_id:
                 views.append(NodeView(info.node_id, info.region, dict(info.total), dict(info.available),
@@ -476,26 +480,31 @@ class NodeAgent:
             task_id=spec.task_id,
             resources=dict(spec.resources),
             local_node_id=self.node_id,
-            pinned_node_id=self.node_id if task.origin_node else None,
+            # A forwarded task may spill on once more (the sender's view was stale),
+            # never back and forth for ever.
+            pinned_node_id=self.node_id if spec.hops >= MAX_HOPS else None,
         )
         decision = decide_placement(request, self._node_views(), view_version=self.view_version)
         if self.on_decision is not None:
             self.on_decision(decision, spec)
-        if decision.outcome is Outcome.PLACE and decision.node_id == self.node_id:
-            if task.origin_node and not _fits(spec.resources, self.available):
-                self.waiting.append(task)  # spilled here: wait for local capacity
-                task.state = TaskState.WAITING
-                self._prepare_args(task, self._schedule_dispatch)
-                return
-            self._place_here(task)
+        if decision.node_id == self.node_id and not (
+            decision.outcome is Outcome.QUEUE and spec.kind == pb.ACTOR_CREATION
+        ):
+            self._place_here(task)  # runs here now, or waits here for local capacity
         elif decision.outcome is Outcome.PLACE and decision.node_id:
             self._forward(task, decision.node_id)
+            # Until the next cluster view, count what we sent so one burst does not
+            # land on a single node.
+            remote = self.nodes.get(decision.node_id)
+            if remote is not None:
+                for name, amount in spec.resources.items():
+                    remote.available[name] = remote.available.get(name, 0.0) - amount
         elif decision.outcome is Outcome.QUEUE:
             task.state = TaskState.PLACING
             self.placing.append(task)
         else:
             self._fail(task, _err(E.PLACEMENT_REFUSED, "; ".join(decision.reasons)))
-        if spec.kind == pb.ACTOR_CREATION and decision.outcome is not Outcome.QUEUE:
+        if spec.kind == pb.ACTOR_CREATION and (decision.node_id or decision.outcome is Outcome.REFUSE):
             # Calls made before placement follow the actor now that it has a place.
             self._actor_placed(spec.actor_id, decision.node_id or "")
 
@@ -525,8 +534,13 @@ class NodeAgent:
         if task.spec.kind == pb.ACTOR_CREATION:
             self._start_actor(task)
             return
-        self._prepare_args(task, self._schedule_dispatch)
-        self.waiting.append(task)
+        self.queues.commit(task)
+        self._prepare_args(task, lambda: self._runnable(task))
+        if task.missing_args == 0:
+            self._runnable(task)
+
+    def _runnable(self, task: TaskEntry) -> None:
+        self.queues.push(task)
         self._schedule_dispatch()
 
     def _forward(self, task: TaskEntry, node_id: str) -> None:
@@ -535,6 +549,7 @@ class NodeAgent:
         task.remote_node = node_id
         forward = pb.TaskSpec()
         forward.CopyFrom(spec)
+        forward.hops += 1
         if spec.kind != pb.ACTOR_TASK:
             forward.function_blob = self.functions.get((spec.tenant, spec.function_digest), b"")
         for arg in forward.args:
@@ -581,33 +596,32 @@ class NodeAgent:
             placing, self.placing = self.placing, []
             for task in placing:
                 self._route(task)
-        still: list[TaskEntry] = []
-        wanted: dict[str, int] = {}
         # Capacity left for tasks that wait for a worker to start: spawn only as many
         # workers as could run at once, not one per queued task.
         spare = dict(self.available)
-        for task in self.waiting:
-            if task.cancelled or task.state is not TaskState.WAITING:
-                continue
-            if task.missing_args or not _fits(task.spec.resources, spare):
-                still.append(task)
-                continue
-            error = self._arg_error(task)
-            if error is not None:
-                self._fail(task, error)
-                continue
-            worker = self._idle_worker(task.spec.tenant)
-            if worker is None:
-                wanted[task.spec.tenant] = wanted.get(task.spec.tenant, 0) + 1
-                for name, amount in task.spec.resources.items():
+        wanted: dict[str, int] = {}
+        for (tenant, shape), queue in self.queues.heads():
+            idle = self.idle.get(tenant)
+            while queue and fits(shape, spare):
+                task = queue[0]
+                if task.state is not TaskState.WAITING or task.cancelled:
+                    queue.popleft()
+                    continue
+                error = self._arg_error(task)
+                if error is not None:
+                    queue.popleft()
+                    self._fail(task, error)
+                    continue
+                if not idle:
+                    wanted[tenant] = wanted.get(tenant, 0) + how_many_fit(shape, spare, len(queue))
+                    for name, amount in shape:
+                        spare[name] = spare.get(name, 0.0) - amount * len(queue)
+                    break
+                queue.popleft()
+                for name, amount in shape:
                     spare[name] = spare.get(name, 0.0) - amount
-                still.append(task)
-                continue
-            for name, amount in task.spec.resources.items():
-                spare[name] = spare.get(name, 0.0) - amount
-            self._acquire(task)
-            self._execute(task, worker)
-        self.waiting = still
+                self._acquire(task)
+                self._execute(task, idle.pop())
         for tenant, count in wanted.items():
             pool = self.workers.get(tenant, [])
             starting = self.starting.get(tenant, 0)
@@ -616,13 +630,13 @@ class NodeAgent:
                 self._spawn_pool_worker(tenant)
         self.on_load_change()
 
-    def _idle_worker(self, tenant: str) -> Worker | None:
-        for worker in self.workers.get(tenant, ()):
-            if worker.state is WorkerState.IDLE:
-                return worker
-        return None
+    def _worker_idle(self, worker: Worker) -> None:
+        worker.state = WorkerState.IDLE
+        self.idle.setdefault(worker.tenant, []).append(worker)
+        self._schedule_dispatch()
 
     def _acquire(self, task: TaskEntry) -> None:
+        self.queues.uncommit(task)
         for name, amount in task.spec.resources.items():
             self.available[name] = self.available.get(name, 0.0) - amount
         task.acquired = dict(task.spec.resources)
@@ -725,8 +739,7 @@ class NodeAgent:
                 if actor is not None and actor.worker is worker:
                     self._execute(actor.creation, worker)
             else:
-                worker.state = WorkerState.IDLE
-                self._schedule_dispatch()
+                self._worker_idle(worker)
 
     def _blocked(self, session: Session, blocked: bool) -> None:
         worker = session.worker
@@ -757,6 +770,9 @@ class NodeAgent:
         pool = self.workers.get(worker.tenant, [])
         if worker in pool:
             pool.remove(worker)
+        idle = self.idle.get(worker.tenant, [])
+        if worker in idle:
+            idle.remove(worker)
         for task in list(worker.running.values()):
             assert isinstance(task, TaskEntry)
             self._release(task)
@@ -767,7 +783,8 @@ class NodeAgent:
                 task.retries_left -= 1
                 log.info("retrying task %s after: %s", task.task_id.hex(), reason)
                 task.state = TaskState.WAITING
-                self.waiting.append(task)
+                self.queues.commit(task)
+                self.queues.push(task)
             else:
                 self._fail(task, _err(E.WORKER_CRASHED, f"{reason} while running "
                                                          f"{task.spec.function_name}"))
@@ -787,7 +804,7 @@ class NodeAgent:
             return
         if spec.kind == pb.NORMAL_TASK:
             self._release(task)
-            worker.state = WorkerState.IDLE
+            self._worker_idle(worker)
         else:
             actor = self.actors.get(spec.actor_id)
             if actor is not None:
@@ -853,6 +870,7 @@ class NodeAgent:
         if task.state is TaskState.DONE:
             return
         task.state = TaskState.DONE
+        self.queues.uncommit(task)
         self.tasks.pop(task.task_id, None)
         self._unpin_args(task)
         if task.origin_node:
@@ -1142,6 +1160,10 @@ class NodeAgent:
     def update_cluster(self, info: pb.ClusterInfo) -> None:
         self.nodes = {n.node_id: n for n in info.nodes}
         self.view_version = info.version
+        if self.placing:
+            placing, self.placing = self.placing, []
+            for task in placing:
+                self._route(task)
         # Tasks forwarded to a node that is gone fail over (or fail) now.
         for task in list(self.tasks.values()):
             if task.state is TaskState.REMOTE and task.remote_node not in self.nodes:
@@ -1163,7 +1185,7 @@ class NodeAgent:
             labels=self.labels,
             running_tasks=sum(len(w.running) for p in self.workers.values() for w in p)
             + sum(len(a.inflight) for a in self.actors.values()),
-            queued_tasks=len(self.waiting) + len(self.placing),
+            queued_tasks=len(self.queues) + len(self.placing),
             workers=self.worker_count(),
         )
 
@@ -1200,11 +1222,6 @@ def _worker_sender(worker: Worker) -> Callable[[pb.ServerMessage], None]:
             worker.send(pb.ToWorker(server=message))
 
     return send
-
-
-def _fits(need: dict[str, float] | object, have: dict[str, float]) -> bool:
-    assert hasattr(need, "items")
-    return all(have.get(k, 0.0) + 1e-9 >= v for k, v in need.items() if v > 0)  # type: ignore[attr-defined]
 
 
 def _validate_spec(spec: pb.TaskSpec) -> str | None:

@@ -63,6 +63,7 @@ class TaskEntry:
     worker: Worker | None = None
     acquired: dict[str, float] = field(default_factory=dict)
     lent: bool = False  # its CPUs are lent back while its worker blocks in get
+    committed: bool = False  # counted as demand by the local queues
     cancelled: bool = False
     remote_node: str = ""
 
