@@ -1,0 +1,1 @@
+"""The ``fabric`` command line: ``fabric.cli.main:main``; one module per command group."""

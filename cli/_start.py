@@ -296,12 +296,12 @@ def _live_record(state_dir: Path, name: str) -> ProcessRecord | None:
 def _stop(args: argparse.Namespace) -> int:
     import psutil
 
-    state_dir: Path = args.state_dir.expanduser()
+    state_dir: Path = args.state_dir.expanduser().resolve()
     records = _read_records(state_dir)
     if not records:
         print(f"nothing to stop: no processes recorded in {_records_dir(state_dir)}")
         return 0
-    # Agents before the head, so agents can still reach it while shutting down.
+    # Agents are signalled before the head, so they can still reach it as they shut down.
     records.sort(key=lambda item: item[1] is not None and item[1].role == "head")
     live: dict[int, tuple[ProcessRecord, psutil.Process]] = {}
     for path, record in records:
@@ -323,7 +323,7 @@ def _stop(args: argparse.Namespace) -> int:
         _kill_group(pid)
     _wait_exited(alive, args.timeout)
     for pid, (record, _) in live.items():
-        # Anything left in the process group (workers of an agent) goes too.
+        # Anything the process left behind in its process group goes too.
         _kill_group(pid)
         what = f"{record.name} (pid {record.pid}, {record.address})"
         if pid in killed:

@@ -7,8 +7,10 @@ the cluster needs (``node/head``, ``node/<id>`` per agent, ``tenant/<name>`` per
 file. Nothing is shared with any other cluster: a fresh CA per cluster means certificates
 of one cluster are refused by every other.
 
-The lower-level pieces (:func:`head_command`, :func:`agent_command`, :func:`spawn` and
-:func:`wait_ready`) are shared with ``fabric start``, which launches one process at a time.
+The lower-level pieces (:func:`head_command`, :func:`agent_command`, :func:`spawn`,
+:func:`wait_ready` and :func:`terminate`) are shared with ``fabric start``, which launches
+one process at a time. :func:`prestart` and :func:`release` let a cluster start its agents'
+interpreters while the head is still starting (start time is benchmarked).
 """
 
 from __future__ import annotations
@@ -179,8 +181,8 @@ def spawn(name: str, cmd: Sequence[str], ready_file: Path, log_path: Path) -> La
     """Start ``cmd`` in its own session with stdout and stderr appended to ``log_path``.
 
     A session of its own keeps a terminal's Ctrl-C away from the process (its owner
-    decides when it stops) and makes it the leader of a process group that also holds
-    the workers it spawns, so :func:`terminate` can take all of them down together.
+    decides when it stops) and makes it the leader of a process group, so
+    :func:`terminate` can take down whatever it left behind in that group too.
     """
     return _popen(name, cmd, ready_file, log_path, stdin=subprocess.DEVNULL)
 
@@ -191,24 +193,35 @@ def prestart(name: str, module: str, ready_file: Path, log_path: Path) -> Launch
 
     An agent's command line needs the head's address, known only once the head serves;
     its imports (grpc, the runtime) do not. Prestarting overlaps them with the head's
-    start-up, which is most of an agent's start time.
+    start-up, which is most of an agent's start time. ``module`` must keep its main code
+    under ``if __name__ == "__main__"`` (for a package: in ``__main__.py``, likewise
+    guarded), since it is imported before it is run.
     """
     cmd = [sys.executable, "-m", __name__, _PRESTART_FLAG, module]
     return _popen(name, cmd, ready_file, log_path, stdin=subprocess.PIPE)
 
 
-def release(launch: Launch, cmd: Sequence[str]) -> None:
-    """Run a :func:`prestart`-ed process as ``cmd`` (``python -m <its module> ARGS...``)."""
+def release(launch: Launch, cmd: Sequence[str], *, lifeline: bool = False) -> None:
+    """Run a :func:`prestart`-ed process as ``cmd`` (``python -m <its module> ARGS...``).
+
+    With ``lifeline``, the pipe the arguments went through stays open for as long as
+    the launcher lives (:func:`terminate` closes it). When it closes, however the
+    launcher ended, even by SIGKILL, the process gets SIGTERM, and SIGKILL
+    :data:`STOP_GRACE` seconds later: an embedded cluster never outlives its owner.
+    """
     if list(cmd[:2]) != [sys.executable, "-m"]:
         raise ValueError(f"not a `python -m MODULE` command: {cmd!r}")
     stdin = launch.process.stdin
     if stdin is None:
         raise ValueError(f"{launch.name} was not prestarted")
+    message = json.dumps({"argv": list(cmd[2:]), "lifeline": lifeline}).encode() + b"\n"
     # A process that already died is reported by wait_ready, with its log.
     with contextlib.suppress(BrokenPipeError):
-        stdin.write(json.dumps(list(cmd[2:])).encode() + b"\n")
-    with contextlib.suppress(BrokenPipeError):
-        stdin.close()
+        stdin.write(message)
+        stdin.flush()
+    if not lifeline:
+        with contextlib.suppress(BrokenPipeError):
+            stdin.close()
 
 
 def _popen(name: str, cmd: Sequence[str], ready_file: Path, log_path: Path, stdin: int) -> Launch:
@@ -236,7 +249,7 @@ _PRESTART_FLAG = "--prestarted"
 
 
 def _run_prestarted(module: str) -> None:
-    """The child side of :func:`prestart`."""
+    """The child side of :func:`prestart` and :func:`release`."""
     import importlib.util
     import runpy
 
@@ -246,8 +259,18 @@ def _run_prestarted(module: str) -> None:
     line = sys.stdin.readline()
     if not line:
         return  # the launcher gave up on us before releasing
-    sys.argv = [module, *json.loads(line)[1:]]
+    message = json.loads(line)
+    if message["lifeline"]:
+        threading.Thread(target=_watch_lifeline, name="fabric-lifeline", daemon=True).start()
+    sys.argv = [module, *message["argv"][1:]]
     runpy.run_module(module, run_name="__main__", alter_sys=True)
+
+
+def _watch_lifeline() -> None:
+    sys.stdin.read()  # returns at end of file: the launcher closed the pipe or is gone
+    os.kill(os.getpid(), signal.SIGTERM)
+    time.sleep(STOP_GRACE)  # the grace period a clean shutdown gets, as in terminate()
+    os.kill(os.getpid(), signal.SIGKILL)
 
 
 def read_ready(path: Path) -> Ready | None:
@@ -300,16 +323,19 @@ def _exit_description(returncode: int) -> str:
     return f"exited with status {returncode}"
 
 
-def wait_ready(launches: Iterable[Launch], timeout: float) -> dict[str, Ready]:
+def wait_ready(
+    launches: Iterable[Launch], timeout: float, *, since: float | None = None
+) -> dict[str, Ready]:
     """Wait until every launch has written its ready file; return what each wrote.
 
     Raises :class:`ClusterStartError` as soon as one process exits before it is ready
-    (quoting its log), or when ``timeout`` seconds pass first. The processes are left
-    running either way: the caller owns them and decides what to stop.
+    (quoting its log), or when ``timeout`` seconds have passed since ``since`` (a
+    ``time.monotonic()`` value; default: now). The processes are left running either
+    way: the caller owns them and decides what to stop.
     """
     pending = {launch.name: launch for launch in launches}
     ready: dict[str, Ready] = {}
-    deadline = time.monotonic() + timeout
+    deadline = (time.monotonic() if since is None else since) + timeout
     while True:
         for name, launch in list(pending.items()):
             info = read_ready(launch.ready_file)
@@ -352,8 +378,7 @@ def terminate(processes: Iterable[subprocess.Popen[bytes]], grace: float = STOP_
     """SIGTERM every process, wait up to ``grace`` seconds, then SIGKILL what is left.
 
     Each process was started as the leader of its own process group (see :func:`spawn`);
-    once the leaders are gone, anything left in their groups (workers of an agent that
-    did not get to stop them) is killed too.
+    once the leaders are gone, anything left in their groups is killed too.
     """
     procs = list(processes)
     for proc in procs:
@@ -369,6 +394,9 @@ def terminate(processes: Iterable[subprocess.Popen[bytes]], grace: float = STOP_
             proc.wait()
     for proc in procs:
         _signal_group(proc.pid, signal.SIGKILL)
+        if proc.stdin is not None:  # a prestarted process's pipe
+            with contextlib.suppress(OSError):
+                proc.stdin.close()
 
 
 # ----------------------------------------------------------------------------- the cluster
@@ -382,7 +410,8 @@ class LocalCluster:
     """A head and N agents as real processes on loopback, with their own CA and certificates.
 
     Use it as a context manager, or call :meth:`start` and :meth:`stop`; a cluster that is
-    still running when the interpreter exits is stopped then. Layout of ``base_dir``::
+    still running when the interpreter exits is stopped then, and one whose owner dies
+    outright stops itself (see :func:`release`). Layout of ``base_dir``::
 
         certs/            the CA (ca.pem, ca.key, crl.pem) and certs/issued/<kind>-<name>.*
         logs/<name>.log   stdout and stderr of the head and of each agent
@@ -485,16 +514,16 @@ class LocalCluster:
                 raise FabricError("this LocalCluster has already been started")
             self._started = True
             self._owner_pid = os.getpid()
-        deadline = time.monotonic() + timeout
+        since = time.monotonic()
         atexit.register(self.stop)
         try:
-            self._start(deadline)
+            self._start(since, timeout)
         except BaseException:
             self.stop()
             raise
         return self
 
-    def _start(self, deadline: float) -> None:
+    def _start(self, since: float, timeout: float) -> None:
         if self._base_dir is None:
             # mkdtemp creates the directory 0700: it will hold the CA key.
             self._base_dir = Path(tempfile.mkdtemp(prefix="fabric-cluster-"))
@@ -507,16 +536,20 @@ class LocalCluster:
         else:
             ca = CertificateAuthority.create(self.certs_dir)
         self._issue(ca, "node", HEAD_NAME)
-        head = spawn(
-            HEAD_NAME,
+        # Every process is started through prestart() so that it gets a lifeline (see
+        # release()); the head is released at once, since its command line is known.
+        head = prestart(
+            HEAD_NAME, "fabric._head", self._ready_path(HEAD_NAME), self.log_path(HEAD_NAME)
+        )
+        release(
+            head,
             head_command(
                 f"{self.host}:0",
                 self.certs_dir,
                 self._ready_path(HEAD_NAME),
                 state_dir=self.base_dir / HEAD_NAME,
             ),
-            self._ready_path(HEAD_NAME),
-            self.log_path(HEAD_NAME),
+            lifeline=True,
         )
         self.processes[HEAD_NAME] = head.process
         # Agents import the runtime while the head starts; they get their command line
@@ -540,7 +573,7 @@ class LocalCluster:
             self._issue(ca, "tenant", tenant)
         self._issue(ca, "operator", OPERATOR_NAME)
 
-        self.head_address = wait_ready([head], _remaining(deadline))[HEAD_NAME].address
+        self.head_address = wait_ready([head], timeout, since=since)[HEAD_NAME].address
         for spec in self.nodes:
             cmd = agent_command(
                 self.head_address,
@@ -552,16 +585,17 @@ class LocalCluster:
                 spec.labels,
                 self._ready_path(spec.node_id),
             )
-            release(agents[spec.node_id], cmd)
-        ready = wait_ready(agents.values(), _remaining(deadline))
+            release(agents[spec.node_id], cmd, lifeline=True)
+        ready = wait_ready(agents.values(), timeout, since=since)
         self.agent_addresses = {spec.node_id: ready[spec.node_id].address for spec in self.nodes}
 
     def _issue(self, ca: CertificateAuthority, kind: str, name: str) -> None:
         self._credentials[(kind, name)] = ca.issue(kind, name)
 
     def kill_agent(self, node_id: str, sig: int = signal.SIGKILL) -> None:
-        """Simulate the loss of a node: send ``sig`` (default SIGKILL) to the agent and to
-        every process of its group (its workers), and wait until the agent is gone."""
+        """Simulate the loss of a node: send ``sig`` (default SIGKILL) to the agent's
+        process group and wait until the agent is gone. (Its workers run in sessions of
+        their own and notice the loss of their agent by themselves.)"""
         if node_id not in self.agent_addresses:
             raise FabricError(f"no agent {node_id!r} in this cluster")
         proc = self.processes[node_id]
@@ -607,10 +641,6 @@ class LocalCluster:
         state = "running" if self.running else ("stopped" if self._stopped else "not started")
         nodes = ", ".join(f"{n.node_id}@{n.region}" for n in self.nodes)
         return f"<LocalCluster {state} head={self.head_address or '-'} nodes=[{nodes}]>"
-
-
-def _remaining(deadline: float) -> float:
-    return max(0.0, deadline - time.monotonic())
 
 
 if __name__ == "__main__":

@@ -16,10 +16,16 @@ from pathlib import Path
 
 import grpc
 
-from fabric._launch import add_credential_args, exit_with_parent, fail, load_credentials, setup_logging, write_ready_file
+from fabric._launch import add_credential_args, fail, load_credentials, setup_logging, write_ready_file
 from fabric._proto import fabric_pb2 as pb
 from fabric._proto import fabric_pb2_grpc as rpc
-from fabric._tls import PeerAuthenticator, RevocationList, auth_aio_server_interceptor, server_credentials
+from fabric._tls import (
+    SERVER_OPTIONS,
+    PeerAuthenticator,
+    RevocationList,
+    auth_aio_server_interceptor,
+    server_credentials,
+)
 from fabric.exceptions import FabricError
 
 log = logging.getLogger("fabric.head")
@@ -175,7 +181,9 @@ class HeadService(rpc.HeadServicer):
 async def serve(args: argparse.Namespace) -> None:
     creds = load_credentials(args.certs, args.identity)
     auth = PeerAuthenticator(creds, RevocationList(creds.crl_path, creds.ca_pem) if creds.crl_path else None)
-    server = grpc.aio.server(interceptors=[auth_aio_server_interceptor(auth, ALLOWED_KINDS)])
+    server = grpc.aio.server(
+        interceptors=[auth_aio_server_interceptor(auth, ALLOWED_KINDS)], options=SERVER_OPTIONS
+    )
     service = HeadService(auth)
     rpc.add_HeadServicer_to_server(service, server)
     host, _, port = args.listen.rpartition(":")
@@ -190,9 +198,7 @@ async def serve(args: argparse.Namespace) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    watcher = loop.create_task(exit_with_parent(stop))
     await stop.wait()
-    watcher.cancel()
     await server.stop(grace=0.5)
 
 

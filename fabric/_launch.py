@@ -58,18 +58,3 @@ def fail(message: str) -> None:
     print(f"fabric: error: {message}", file=sys.stderr)
     raise SystemExit(1)
 
-
-EXIT_WITH_PARENT_ENV = "FABRIC_EXIT_WITH_PARENT"
-
-
-async def exit_with_parent(stop: Any) -> None:
-    """Set `stop` when the process that launched us dies (embedded clusters only, where
-    the driver owns the cluster): an orphaned head or agent would otherwise run forever."""
-    import asyncio
-
-    if os.environ.get(EXIT_WITH_PARENT_ENV) != "1":
-        return
-    parent = os.getppid()
-    while os.getppid() == parent:
-        await asyncio.sleep(0.5)
-    stop.set()

@@ -3,8 +3,8 @@
 Commands run both as the installed console script (a real subprocess, as a user runs
 them) and in-process through ``main(argv)``. Error messages are pinned exactly: they are
 the interface a user reads. `status` is checked against an in-process head stand-in
-served over real mutual TLS (so every failure mode can be staged), and `start`, `status`
-and `stop` together against real head and agent processes.
+served over real mutual TLS, so every failure mode can be staged. `start`, `status` and
+`stop` against real head and agent processes are in test_cluster.py.
 """
 
 from __future__ import annotations
@@ -41,7 +41,6 @@ from fabric._tls import (
     auth_server_interceptor,
     server_credentials,
 )
-from tests.conftest import wait_for
 
 _BIN = Path(sys.executable).parent / "fabric"
 FABRIC = str(_BIN) if _BIN.exists() else shutil.which("fabric")
@@ -350,7 +349,7 @@ def test_certs_list_empty(tmp_path: Path, capsys: pytest.CaptureFixture[str]) ->
 def test_certs_errors_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     ca_dir = tmp_path / "ca"
     cli(capsys, "certs", "init", "--dir", ca_dir)
-    cases = [
+    cases: list[tuple[list[str | Path], str]] = [
         (
             ["certs", "init", "--dir", ca_dir],
             f"a certificate authority already exists in {ca_dir}",
@@ -740,8 +739,8 @@ def test_start_input_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
     ca = CertificateAuthority.create(tmp_path / "ca")
     ca.issue("node", "n1")
     state = tmp_path / "state"
-    common = ["--certs", tmp_path / "ca", "--state-dir", state]
-    cases = [
+    common: list[str | Path] = ["--certs", tmp_path / "ca", "--state-dir", state]
+    cases: list[tuple[list[str | Path], str]] = [
         (["--head", "--region", "eu"], "--region applies to an agent (--address), not to the head"),
         (
             ["--head", "--node-id", "x"],
@@ -812,197 +811,6 @@ def test_stop_forgets_a_stale_record(tmp_path: Path, capsys: pytest.CaptureFixtu
         f"removed unreadable record {records / 'agent-x.json'}",
     ]
     assert list(records.iterdir()) == []
-
-
-# ----------------------------------------------------------------------------- start, status, stop
-
-
-@pytest.fixture
-def operator_pki(tmp_path: Path) -> Path:
-    """A CA directory with head, operator and n1 certificates, n1's in its own host dir."""
-    ca_dir = tmp_path / "ca"
-    assert run_fabric("certs", "init", "--dir", ca_dir).returncode == 0
-    for who in (["--node", "head"], ["--operator", "admin"]):
-        assert run_fabric("certs", "issue", "--dir", ca_dir, *who).returncode == 0
-    host = run_fabric("certs", "issue", "--dir", ca_dir, "--node", "n1", "--out", tmp_path / "h1")
-    assert host.returncode == 0, host.stderr
-    return ca_dir
-
-
-def _pid_gone(pid: int) -> bool:
-    try:
-        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return True
-
-
-def test_start_status_stop(tmp_path: Path, operator_pki: Path) -> None:
-    state = tmp_path / "state"
-    head = run_fabric(
-        "start", "--head", "--listen", "127.0.0.1:0", "--certs", operator_pki, "--state-dir", state
-    )
-    assert head.returncode == 0, head.stderr
-    head_address = head.stdout.strip()
-    assert re.fullmatch(r"127\.0\.0\.1:\d+", head_address)
-    record = json.loads((state / "processes" / "head.json").read_text())
-    assert (record["role"], record["address"]) == ("head", head_address)
-    head_pid = record["pid"]
-    try:
-        agent = run_fabric(
-            "start",
-            "--address",
-            head_address,
-            "--region",
-            "eu-west",
-            "--resources",
-            "CPU=2,GPU=1",
-            "--labels",
-            "zone=a",
-            "--node-id",
-            "n1",
-            "--certs",
-            tmp_path / "h1",
-            "--state-dir",
-            state,
-        )
-        assert agent.returncode == 0, agent.stderr
-        agent_address = agent.stdout.strip()
-        agent_pid = json.loads((state / "processes" / "agent-n1.json").read_text())["pid"]
-        assert (state / "logs" / "agent-n1.log").exists()
-
-        again = run_fabric(
-            "start",
-            "--head",
-            "--listen",
-            "127.0.0.1:0",
-            "--certs",
-            operator_pki,
-            "--state-dir",
-            state,
-        )
-        assert again.returncode == 1
-        assert again.stderr == (
-            f"fabric: error: head is already running (pid {head_pid}, {head_address}); "
-            f"stop it first with: fabric stop --state-dir {state}\n"
-        )
-
-        status = run_fabric(
-            "status",
-            "--address",
-            head_address,
-            "--certs",
-            operator_pki,
-            "--identity",
-            "operator/admin",
-        )
-        assert status.returncode == 0, status.stderr
-        lines = status.stdout.splitlines()
-        assert lines[0].split() == [
-            "NODE",
-            "REGION",
-            "ADDRESS",
-            "ALIVE",
-            "CPU",
-            "GPU",
-            "RUNNING",
-            "QUEUED",
-            "WORKERS",
-            "LABELS",
-        ]
-        assert lines[1].split() == [
-            "n1",
-            "eu-west",
-            agent_address,
-            "yes",
-            "2/2",
-            "1/1",
-            "0",
-            "0",
-            "0",
-            "zone=a",
-        ]
-        assert lines[2].split()[:5] == ["TOTAL", "1", "node", "1/1", "2/2"]
-
-        as_json = run_fabric(
-            "status",
-            "--address",
-            head_address,
-            "--certs",
-            operator_pki,
-            "--identity",
-            "operator/admin",
-            "--json",
-        )
-        (node,) = json.loads(as_json.stdout)["nodes"]
-        assert node["identity"] == "spiffe://fabric.local/node/n1"
-        assert node["total"] == {"CPU": 2.0, "GPU": 1.0}
-        assert node["labels"] == {"zone": "a"}
-    finally:
-        stop = run_fabric("stop", "--state-dir", state)
-    assert stop.returncode == 0, stop.stderr
-    assert stop.stdout.splitlines() == [
-        f"stopped agent-n1 (pid {agent_pid}, {agent_address})",
-        f"stopped head (pid {head_pid}, {head_address})",
-    ]
-    assert _pid_gone(head_pid) and _pid_gone(agent_pid)
-    assert list((state / "processes").iterdir()) == []
-    assert run_fabric("stop", "--state-dir", state).stdout.startswith("nothing to stop")
-
-
-def test_start_reports_a_process_that_fails(tmp_path: Path, operator_pki: Path) -> None:
-    state = tmp_path / "state"
-    # TEST-NET-3 (RFC 5737): never an address of this machine, so binding to it fails.
-    result = run_fabric(
-        "start",
-        "--head",
-        "--listen",
-        "203.0.113.1:0",
-        "--certs",
-        operator_pki,
-        "--state-dir",
-        state,
-    )
-    assert (result.returncode, result.stdout) == (1, "")
-    assert re.fullmatch(
-        r"fabric: error: head exited with status 1 before it was ready: [^\n]*203\.0\.113\.1"
-        rf"[^\n]* \(log: {re.escape(str(state / 'logs' / 'head.log'))}\)\n",
-        result.stderr,
-    ), result.stderr
-    assert not (state / "processes" / "head.json").exists()
-
-
-def test_start_foreground_execs(tmp_path: Path, operator_pki: Path) -> None:
-    state = tmp_path / "state"
-    assert FABRIC is not None
-    proc = subprocess.Popen(
-        [
-            FABRIC,
-            "start",
-            "--head",
-            "--foreground",
-            "--listen",
-            "127.0.0.1:0",
-            "--certs",
-            str(operator_pki),
-            "--state-dir",
-            str(state),
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
-    try:
-        ready_file = state / "run" / "head.ready.json"
-        wait_for(
-            lambda: ready_file.exists() or proc.poll() is not None, what="the head's ready file"
-        )
-        assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
-        # exec: the head is this very process, not a child of it.
-        assert json.loads(ready_file.read_text())["pid"] == proc.pid
-        assert not (state / "processes").exists()
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        code = proc.wait(timeout=30)
-    assert code == 0
 
 
 def test_stop_kills_a_process_ignoring_sigterm(

@@ -16,7 +16,7 @@ import grpc
 from fabric._agent.node import NodeAgent
 from fabric._agent.service import ALLOWED_KINDS, AgentService, HeadLink, PeerLinks
 from fabric._agent.workers import WorkerLauncher
-from fabric._launch import add_credential_args, exit_with_parent, fail, load_credentials, setup_logging, write_ready_file
+from fabric._launch import add_credential_args, fail, load_credentials, setup_logging, write_ready_file
 from fabric._object_store import ObjectStore, default_store_root
 from fabric._proto import fabric_pb2_grpc as rpc
 from fabric._tls import PeerAuthenticator, RevocationList, auth_aio_server_interceptor, server_credentials
@@ -105,9 +105,7 @@ async def serve(args: argparse.Namespace) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    watcher = loop.create_task(exit_with_parent(stop))
     await stop.wait()
-    watcher.cancel()
     log.info("agent %s stopping", node_id)
     node.shutdown()
     head_task.cancel()
