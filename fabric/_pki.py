@@ -472,6 +472,11 @@ class CertificateAuthority:
             raise PKIError("certificate validity window is empty (not_after <= not_before)")
 
         key = ec.generate_private_key(ec.SECP256R1())
+        usages = [ExtendedKeyUsageOID.CLIENT_AUTH]
+        names: list[x509.GeneralName] = [x509.UniformResourceIdentifier(identity.uri)]
+        if identity.kind == "node":
+            usages.append(ExtendedKeyUsageOID.SERVER_AUTH)
+            names.append(x509.DNSName(SERVER_NAME))
         cert = (
             x509.CertificateBuilder()
             .subject_name(
@@ -505,21 +510,11 @@ class CertificateAuthority:
                 ),
                 critical=True,
             )
-            .add_extension(
-                x509.ExtendedKeyUsage(
-                    [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]
-                ),
-                critical=False,
-            )
-            .add_extension(
-                x509.SubjectAlternativeName(
-                    [
-                        x509.UniformResourceIdentifier(identity.uri),
-                        x509.DNSName(SERVER_NAME),
-                    ]
-                ),
-                critical=False,
-            )
+            # Only nodes serve: a tenant's or operator's certificate carries neither the
+            # serverAuth usage nor the server name clients check (RFC 6125 §6.4), so it
+            # cannot be used to pose as a head or an agent.
+            .add_extension(x509.ExtendedKeyUsage(usages), critical=False)
+            .add_extension(x509.SubjectAlternativeName(names), critical=False)
             .add_extension(
                 x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False
             )

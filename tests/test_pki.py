@@ -248,12 +248,17 @@ def test_issue_leaf_certificate_profile(ca: CertificateAuthority) -> None:
     assert dt.timedelta(days=364) < lifetime <= dt.timedelta(days=365)
 
 
-@pytest.mark.parametrize("kind", ["node", "tenant", "operator"])
-def test_issue_every_kind_carries_server_name(ca: CertificateAuthority, kind: str) -> None:
+@pytest.mark.parametrize(("kind", "serves"), [("node", True), ("tenant", False), ("operator", False)])
+def test_only_node_certs_carry_the_server_name(
+    ca: CertificateAuthority, kind: str, serves: bool
+) -> None:
     paths = ca.issue(kind, "x", ca.directory / "out")
     assert paths.cert == ca.directory / "out" / f"{kind}-x.pem"
-    san = _cert(paths.cert).extensions.get_extension_for_class(x509.SubjectAlternativeName)
-    assert san.value.get_values_for_type(x509.DNSName) == [SERVER_NAME]
+    cert = _cert(paths.cert)
+    san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName)
+    assert san.value.get_values_for_type(x509.DNSName) == ([SERVER_NAME] if serves else [])
+    eku = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+    assert (ExtendedKeyUsageOID.SERVER_AUTH in eku) is serves
     assert identity_of(paths.cert.read_bytes()) == Identity(kind, "x", DEFAULT_TRUST_DOMAIN)
 
 

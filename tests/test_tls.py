@@ -356,6 +356,25 @@ def test_client_refuses_server_with_cert_from_another_ca(pki: Pki) -> None:
         server.stop(None)
 
 
+def test_client_refuses_a_tenant_posing_as_a_server(pki: Pki) -> None:
+    # A tenant holds a valid certificate from our CA; it must still not be able to serve
+    # as a head or agent to other tenants (a man in the middle on the fabric's network).
+    posing = pki.creds("tenant", "mallory")
+    tls = grpc.ssl_server_credentials(
+        [(posing.key_pem, posing.cert_pem)],
+        root_certificates=pki.ca.ca_pem,
+        require_client_auth=True,
+    )
+    server, info = _start_sync(pki.node, tls)
+    try:
+        with secure_channel(info.address, pki.alice) as channel:
+            err = _rpc_error(lambda: _unary(channel, "/test.Echo/Unary"))
+        assert err.code() == grpc.StatusCode.UNAVAILABLE  # type: ignore[attr-defined]
+        assert info.auth.calls == 0
+    finally:
+        server.stop(None)
+
+
 def test_garbled_crl_fails_closed_and_recovers(pki: Pki, sync_server: SyncServer) -> None:
     crl_path = pki.ca.crl_path
     good = crl_path.read_bytes()
