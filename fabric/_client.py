@@ -99,6 +99,9 @@ class CoreClient:
         # Set on workers while they run a task: nested submits name it as their parent.
         self.current_task_id: bytes = b""
         self.current_actor_id: bytes = b""
+        # Workers: called as a task blocks in get (True) and resumes (False); returns the
+        # ids of queued tasks handed back to the agent.
+        self.on_blocked: Callable[[bool], list[bytes]] | None = None
 
     # -- references -------------------------------------------------------------------
 
@@ -333,7 +336,10 @@ class CoreClient:
 
     def _set_blocked(self, blocked: bool) -> None:
         if self.is_worker and self.current_task_id and self.closed_reason is None:
-            self.transport.send(pb.ClientMessage(blocked=pb.Blocked(blocked=blocked)))
+            message = pb.Blocked(blocked=blocked)
+            if self.on_blocked is not None:
+                message.returned.extend(self.on_blocked(blocked))
+            self.transport.send(pb.ClientMessage(blocked=message))
 
     def _value(self, object_id: bytes) -> Any:
         with self._lock:

@@ -83,6 +83,7 @@ class Worker:
         self.loop: asyncio.AbstractEventLoop | None = None
         self.semaphore: asyncio.Semaphore | None = None
         self.async_futures: dict[bytes, Future[Any]] = {}
+        self.blocked = False  # the main thread's task waits in get
 
     # -- the receiving thread ------------------------------------------------------------
 
@@ -96,12 +97,41 @@ class Worker:
                 if which == "server":
                     self.client.deliver(message.server)
                 elif which == "execute":
-                    self.tasks.put(message.execute)
+                    execute = message.execute
+                    if self.blocked and execute.spec.kind == pb.NORMAL_TASK:
+                        self._hand_back([execute.spec.task_id])
+                    else:
+                        self.tasks.put(execute)
                 elif which == "cancel":
                     self._cancel(message.cancel.task_id)
         finally:
             # The agent is gone: nothing of ours can be delivered any more.
             os._exit(0)
+
+    def on_blocked(self, blocked: bool) -> list[bytes]:
+        """The running task blocks in get: hand queued tasks back to the agent, since they
+        might be what it waits for."""
+        self.blocked = blocked
+        if not blocked:
+            return []
+        returned: list[bytes] = []
+        keep: list[pb.ExecuteTask | None] = []
+        while True:
+            try:
+                item = self.tasks.get_nowait()
+            except queue.Empty:
+                break
+            if item is not None and item.spec.kind == pb.NORMAL_TASK:
+                returned.append(item.spec.task_id)
+            else:
+                keep.append(item)
+        for item in keep:
+            self.tasks.put(item)
+        return returned
+
+    def _hand_back(self, task_ids: list[bytes]) -> None:
+        message = pb.Blocked(blocked=True, returned=task_ids)
+        self.channel.send(pb.ClientMessage(blocked=message))
 
     def _cancel(self, task_id: bytes) -> None:
         self.cancelled.add(task_id)
@@ -293,6 +323,7 @@ def main(argv: list[str] | None = None) -> None:
     client = CoreClient(channel, welcome, is_worker=True)
     _state.client = client
     worker = Worker(channel, client)
+    client.on_blocked = worker.on_blocked
     threading.Thread(target=worker.receive_forever, name="agent-channel", daemon=True).start()
     channel.send_from_worker(pb.FromWorker(started=pb.WorkerStarted(pid=os.getpid())))
     # Task output goes to the worker's log, never to the agent's stdout.

@@ -194,3 +194,19 @@ def test_runtime_context_in_driver_and_task() -> None:
 
     node, task = fabric.get(where.remote())
     assert node == "node-1" and task is not None and len(task) == 32
+
+
+@fabric.remote
+def tree(depth: int, fan: int) -> int:
+    if depth == 0:
+        return 1
+    children = [tree.remote(depth - 1, fan) for _ in range(fan)]
+    # Work between submitting and waiting: children may be queued behind this task on
+    # its own worker meanwhile; they must be handed back when it blocks, not deadlock.
+    sum(i * i for i in range(20_000))
+    return sum(fabric.get(children))
+
+
+def test_nested_task_trees_do_not_deadlock_a_small_node() -> None:
+    assert fabric.get(tree.remote(3, 3), timeout=120) == 27
+    assert fabric.get([tree.remote(2, 4) for _ in range(4)], timeout=120) == [16] * 4

@@ -19,7 +19,7 @@ from fabric._agent.workers import WorkerLauncher
 from fabric._launch import add_credential_args, fail, load_credentials, setup_logging, write_ready_file
 from fabric._object_store import ObjectStore, default_store_root
 from fabric._proto import fabric_pb2_grpc as rpc
-from fabric._tls import PeerAuthenticator, RevocationList, auth_aio_server_interceptor, server_credentials
+from fabric._tls import SERVER_OPTIONS, PeerAuthenticator, RevocationList, auth_aio_server_interceptor, server_credentials
 from fabric.exceptions import FabricError
 
 log = logging.getLogger("fabric.agent")
@@ -66,9 +66,7 @@ async def serve(args: argparse.Namespace) -> None:
 
     auth = PeerAuthenticator(creds, RevocationList(creds.crl_path, creds.ca_pem) if creds.crl_path else None)
     server = grpc.aio.server(
-        interceptors=[auth_aio_server_interceptor(auth, ALLOWED_KINDS)],
-        options=[("grpc.max_receive_message_length", 512 << 20),
-                 ("grpc.max_send_message_length", 512 << 20)],
+        interceptors=[auth_aio_server_interceptor(auth, ALLOWED_KINDS)], options=SERVER_OPTIONS
     )
     host, _, port = args.listen.rpartition(":")
     bound = server.add_secure_port(f"{host}:{port}", server_credentials(creds))

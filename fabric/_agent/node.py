@@ -24,7 +24,7 @@ from fabric._agent.state import (
     TaskState,
     return_id,
 )
-from fabric._agent.scheduler import LocalQueues, fits, how_many_fit
+from fabric._agent.scheduler import LocalQueues, Shape, fits, how_many_fit
 from fabric._agent.workers import Worker, WorkerLauncher, WorkerState
 from fabric._object_store import ObjectStore, ObjectStoreError
 from fabric._proto import fabric_pb2 as pb
@@ -42,6 +42,8 @@ log = logging.getLogger(__name__)
 E = pb.ErrorInfo
 MAX_RETURNS = 10_000
 MAX_HOPS = 2
+PIPELINE_DEPTH = 2
+MAX_WORKERS_PER_TENANT = 256  # a hard ceiling per node, blocked workers included
 
 
 class Peers(Protocol):
@@ -190,7 +192,7 @@ class NodeAgent:
                 for object_id in message.subscribe.object_ids:
                     self._subscribe(session, object_id)
             elif which == "blocked":
-                self._blocked(session, message.blocked.blocked)
+                self._blocked(session, message.blocked)
             elif which == "kill":
                 kill = message.kill
                 kill.tenant = session.tenant
@@ -602,7 +604,7 @@ class NodeAgent:
         wanted: dict[str, int] = {}
         for (tenant, shape), queue in self.queues.heads():
             idle = self.idle.get(tenant)
-            while queue and fits(shape, spare):
+            while queue:
                 task = queue[0]
                 if task.state is not TaskState.WAITING or task.cancelled:
                     queue.popleft()
@@ -612,42 +614,64 @@ class NodeAgent:
                     queue.popleft()
                     self._fail(task, error)
                     continue
-                if not idle:
-                    wanted[tenant] = wanted.get(tenant, 0) + how_many_fit(shape, spare, len(queue))
+                if idle and fits(shape, spare):
+                    worker = idle.pop()
                     for name, amount in shape:
-                        spare[name] = spare.get(name, 0.0) - amount * len(queue)
+                        spare[name] = spare.get(name, 0.0) - amount
+                    self._lease(worker, shape)
+                elif (worker := self._pipeline_target(tenant, shape)) is None:
+                    if fits(shape, spare):
+                        wanted[tenant] = wanted.get(tenant, 0) + how_many_fit(shape, spare, len(queue))
+                        for name, amount in shape:
+                            spare[name] = spare.get(name, 0.0) - amount * len(queue)
                     break
                 queue.popleft()
-                for name, amount in shape:
-                    spare[name] = spare.get(name, 0.0) - amount
-                self._acquire(task)
-                self._execute(task, idle.pop())
+                self.queues.uncommit(task)
+                self._execute(task, worker)
         for tenant, count in wanted.items():
             pool = self.workers.get(tenant, [])
-            starting = self.starting.get(tenant, 0)
-            room = self.max_workers_per_tenant - len(pool) - starting
+            starting = self.starting.get(tenant, 0) + sum(
+                1 for w in pool if w.state is WorkerState.STARTING)
+            # Workers blocked in get do not count: their tasks wait on queued ones, which
+            # need workers of their own (a tree of nested tasks needs one per level).
+            active = sum(1 for w in pool if not w.lent)
+            room = min(self.max_workers_per_tenant - active, MAX_WORKERS_PER_TENANT - len(pool))
+            room -= self.starting.get(tenant, 0)
             for _ in range(max(0, min(count - starting, room))):
                 self._spawn_pool_worker(tenant)
         self.on_load_change()
+
+    def _pipeline_target(self, tenant: str, shape: Shape) -> Worker | None:
+        """A busy worker already holding resources of `shape` that may take one more task
+        behind its current one: the next task is then on the worker when the current one
+        ends, instead of a round trip later. Depth 2 bounds the wait behind a long task."""
+        for worker in self.workers.get(tenant, ()):
+            if (worker.lease_shape == shape and worker.state is WorkerState.BUSY
+                    and len(worker.running) < PIPELINE_DEPTH and not worker.lent):
+                return worker
+        return None
 
     def _worker_idle(self, worker: Worker) -> None:
         worker.state = WorkerState.IDLE
         self.idle.setdefault(worker.tenant, []).append(worker)
         self._schedule_dispatch()
 
-    def _acquire(self, task: TaskEntry) -> None:
-        self.queues.uncommit(task)
-        for name, amount in task.spec.resources.items():
+    def _lease(self, worker: Worker, shape: Shape) -> None:
+        """`worker` holds `shape` of this node's resources until its queue of tasks drains."""
+        for name, amount in shape:
             self.available[name] = self.available.get(name, 0.0) - amount
-        task.acquired = dict(task.spec.resources)
+        worker.lease_shape = shape
 
-    def _release(self, task: TaskEntry) -> None:
-        if task.lent:
-            task.lent = False
-            task.acquired.pop("CPU", None)
-        for name, amount in task.acquired.items():
+    def _end_lease(self, worker: Worker) -> None:
+        shape = worker.lease_shape
+        if shape is None:
+            return
+        worker.lease_shape = None
+        for name, amount in shape:
+            if name == "CPU" and worker.lent:
+                continue  # already lent back while it was blocked
             self.available[name] = self.available.get(name, 0.0) + amount
-        task.acquired = {}
+        worker.lent = False
 
     def _arg_error(self, task: TaskEntry) -> pb.ErrorInfo | bytes | None:
         """An argument that is itself an error (a fabric error, or a task's exception as an
@@ -685,8 +709,16 @@ class NodeAgent:
         task.worker = worker
         worker.state = WorkerState.BUSY
         worker.running[spec.task_id] = task
-        execute = pb.ExecuteTask(args=self._resolved_args(task))
-        execute.spec.CopyFrom(spec)
+        # The worker needs the spec without its arguments (resolved ones go alongside).
+        execute = pb.ExecuteTask(
+            spec=pb.TaskSpec(
+                task_id=spec.task_id, kind=spec.kind, function_digest=spec.function_digest,
+                function_name=spec.function_name, num_returns=spec.num_returns,
+                actor_id=spec.actor_id, method_name=spec.method_name,
+                actor_options=spec.actor_options, job_id=spec.job_id,
+            ),
+            args=self._resolved_args(task),
+        )
         digest = spec.function_digest
         if spec.kind != pb.ACTOR_TASK and digest not in worker.seen_digests:
             execute.spec.function_blob = self.functions.get((spec.tenant, digest), b"")
@@ -741,17 +773,27 @@ class NodeAgent:
             else:
                 self._worker_idle(worker)
 
-    def _blocked(self, session: Session, blocked: bool) -> None:
+    def _blocked(self, session: Session, message: pb.Blocked) -> None:
         worker = session.worker
         if worker is None:
             return
-        for task in worker.running.values():
-            assert isinstance(task, TaskEntry)
-            cpu = task.spec.resources.get("CPU", 0.0)
-            if not cpu or task.lent == blocked:
-                continue
-            task.lent = blocked
-            self.available["CPU"] = self.available.get("CPU", 0.0) + (cpu if blocked else -cpu)
+        for task_id in message.returned:
+            task = worker.running.get(task_id)
+            if isinstance(task, TaskEntry) and task.spec.kind == pb.NORMAL_TASK:
+                del worker.running[task_id]
+                task.worker = None
+                task.state = TaskState.WAITING
+                self.queues.commit(task)
+                self.queues.push(task, front=True)
+                self._schedule_dispatch()
+        blocked = message.blocked
+        if worker.lease_shape is None or worker.lent == blocked:
+            return
+        cpu = dict(worker.lease_shape).get("CPU", 0.0)
+        if not cpu:
+            return
+        worker.lent = blocked
+        self.available["CPU"] = self.available.get("CPU", 0.0) + (cpu if blocked else -cpu)
         if blocked:
             self._schedule_dispatch()
 
@@ -773,9 +815,9 @@ class NodeAgent:
         idle = self.idle.get(worker.tenant, [])
         if worker in idle:
             idle.remove(worker)
+        self._end_lease(worker)
         for task in list(worker.running.values()):
             assert isinstance(task, TaskEntry)
-            self._release(task)
             task.worker = None
             if task.cancelled:
                 self._fail(task, _err(E.TASK_CANCELLED, "the task was cancelled"))
@@ -803,8 +845,9 @@ class NodeAgent:
             self._actor_started(task, result)
             return
         if spec.kind == pb.NORMAL_TASK:
-            self._release(task)
-            self._worker_idle(worker)
+            if not worker.running:
+                self._end_lease(worker)
+                self._worker_idle(worker)
         else:
             actor = self.actors.get(spec.actor_id)
             if actor is not None:
@@ -894,8 +937,8 @@ class NodeAgent:
                                 node_id=self.node_id, state="alive", class_name=options.class_name,
                                 handle_meta=options.handle_meta, tenant=spec.tenant)
             asyncio.get_running_loop().create_task(self.directory.register_actor(info))
-        self._acquire(task)
-        task.acquired = {}
+        for name, amount in actor.resources.items():
+            self.available[name] = self.available.get(name, 0.0) - amount
         self._prepare_args(task, lambda: self._spawn_actor_worker(actor))
         if task.missing_args == 0:
             self._spawn_actor_worker(actor)
@@ -1158,6 +1201,7 @@ class NodeAgent:
     # ================================================================= cluster view
 
     def update_cluster(self, info: pb.ClusterInfo) -> None:
+        gone = set(self.nodes) - {n.node_id for n in info.nodes}
         self.nodes = {n.node_id: n for n in info.nodes}
         self.view_version = info.version
         if self.placing:
@@ -1165,7 +1209,7 @@ class NodeAgent:
             for task in placing:
                 self._route(task)
         # Tasks forwarded to a node that is gone fail over (or fail) now.
-        for task in list(self.tasks.values()):
+        for task in list(self.tasks.values()) if gone else ():
             if task.state is TaskState.REMOTE and task.remote_node not in self.nodes:
                 task.state = TaskState.PLACING
                 if task.spec.kind == pb.NORMAL_TASK and task.retries_left != 0:

@@ -57,13 +57,17 @@ class LocalQueues:
         for name, amount in task.spec.resources.items():
             self.demand[name] = self.demand.get(name, 0.0) - amount
 
-    def push(self, task: TaskEntry) -> None:
-        """`task` has all its arguments here and may run once resources and a worker allow."""
+    def push(self, task: TaskEntry, *, front: bool = False) -> None:
+        """`task` has all its arguments here and may run once resources and a worker allow.
+        `front` puts it back where it was, for a task a worker handed back."""
         key = (task.spec.tenant, shape_of(task.spec.resources))
         queue = self.queues.get(key)
         if queue is None:
             queue = self.queues[key] = deque()
-        queue.append(task)
+        if front:
+            queue.appendleft(task)
+        else:
+            queue.append(task)
 
     def free(self, available: Mapping[str, float]) -> dict[str, float]:
         """What is left of `available` once every committed task got its share."""

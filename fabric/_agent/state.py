@@ -61,8 +61,6 @@ class TaskEntry:
     retries_left: int = 0
     missing_args: int = 0
     worker: Worker | None = None
-    acquired: dict[str, float] = field(default_factory=dict)
-    lent: bool = False  # its CPUs are lent back while its worker blocks in get
     committed: bool = False  # counted as demand by the local queues
     cancelled: bool = False
     remote_node: str = ""

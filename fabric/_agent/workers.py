@@ -56,14 +56,27 @@ class Worker:
         self.running: dict[bytes, object] = {}
         self.session_id = 0
         self.death_reason = ""
+        # Resources this worker holds for its queue of normal tasks (see NodeAgent._lease).
+        self.lease_shape: tuple[tuple[str, float], ...] | None = None
+        self.lent = False  # its CPUs are lent back while it blocks in get
+        self._outbox: list[bytes] = []
 
     @property
     def pid(self) -> int:
         return self.process.pid
 
     def send(self, message: pb.ToWorker) -> None:
+        """Queue `message`; everything queued in one loop turn leaves in one write."""
         data = message.SerializeToString()
-        self.writer.write(_LEN.pack(len(data)) + data)
+        if not self._outbox:
+            asyncio.get_running_loop().call_soon(self._flush)
+        self._outbox.append(_LEN.pack(len(data)))
+        self._outbox.append(data)
+
+    def _flush(self) -> None:
+        outbox, self._outbox = self._outbox, []
+        if not self.writer.is_closing():
+            self.writer.write(b"".join(outbox))
 
     def kill(self) -> None:
         if self.process.poll() is None:

@@ -228,10 +228,12 @@ class FetchInline(_message.Message):
     def __init__(self, object_id: _Optional[bytes] = ...) -> None: ...
 
 class Blocked(_message.Message):
-    __slots__ = ("blocked",)
+    __slots__ = ("blocked", "returned")
     BLOCKED_FIELD_NUMBER: _ClassVar[int]
+    RETURNED_FIELD_NUMBER: _ClassVar[int]
     blocked: bool
-    def __init__(self, blocked: _Optional[bool] = ...) -> None: ...
+    returned: _containers.RepeatedScalarFieldContainer[bytes]
+    def __init__(self, blocked: _Optional[bool] = ..., returned: _Optional[_Iterable[bytes]] = ...) -> None: ...
 
 class ClientMessage(_message.Message):
     __slots__ = ("request_id", "hello", "submit", "subscribe", "put", "refs", "kill", "cancel", "get_actor", "cluster_info", "fetch", "blocked")
