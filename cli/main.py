@@ -30,6 +30,7 @@ COMMAND_MODULES: list[str] = [
     "fabric.cli._start",
     "fabric.cli._status",
     "fabric.cli._certs",
+    "fabric.cli._demo",
 ]
 
 

@@ -74,6 +74,7 @@ class Worker:
         self.channel = channel
         self.client = client
         self.functions: dict[bytes, Any] = {}
+        self.blobs: dict[bytes, bytes] = {}  # function bodies by digest, as received
         self.tasks: queue.SimpleQueue[pb.ExecuteTask | None] = queue.SimpleQueue()
         self.actor: Any = None
         self.actor_class_name = ""
@@ -98,6 +99,10 @@ class Worker:
                     self.client.deliver(message.server)
                 elif which == "execute":
                     execute = message.execute
+                    if execute.spec.function_blob:
+                        # The agent sends a body once per worker; keep it even for a task
+                        # handed back unrun, since later ones come by digest only.
+                        self.blobs[execute.spec.function_digest] = execute.spec.function_blob
                     if self.blocked and execute.spec.kind == pb.NORMAL_TASK:
                         self._hand_back([execute.spec.task_id])
                     else:
@@ -160,7 +165,7 @@ class Worker:
     def _load(self, spec: pb.TaskSpec) -> Any:
         fn = self.functions.get(spec.function_digest)
         if fn is None:
-            fn = loads_function(spec.function_blob)
+            fn = loads_function(self.blobs[spec.function_digest])
             self.functions[spec.function_digest] = fn
         return fn
 
@@ -316,10 +321,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--tenant", required=True)
     parser.add_argument("--node-id", required=True)
     parser.add_argument("--store-dir", type=Path, required=True)
+    parser.add_argument("--region", default="")
     args = parser.parse_args(argv)
     sock = socket.socket(fileno=args.fd)
     channel = LocalChannel(sock)
-    welcome = pb.Welcome(node_id=args.node_id, tenant=args.tenant, store_path=str(args.store_dir))
+    welcome = pb.Welcome(node_id=args.node_id, tenant=args.tenant, store_path=str(args.store_dir),
+                         region=args.region)
     client = CoreClient(channel, welcome, is_worker=True)
     _state.client = client
     worker = Worker(channel, client)

@@ -46,6 +46,8 @@ class PlacementRequest:
     resources: Mapping[str, float]
     local_node_id: str
     pinned_node_id: str | None = None  # an actor's calls go where the actor lives
+    # Nodes the request came through: sending it back would make a loop.
+    excluded_node_ids: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True)
@@ -113,7 +115,13 @@ def decide_placement(
     local = next((n for n in alive if n.node_id == request.local_node_id), None)
     if local is not None and _fits(request.resources, local.available):
         return decide(Outcome.PLACE, local.node_id, RULE_FITS_LOCAL, "fits on the local node")
-    remote = [n for n in alive if n is not local and _fits(request.resources, n.available)]
+    remote = [
+        n
+        for n in alive
+        if n is not local
+        and n.node_id not in request.excluded_node_ids
+        and _fits(request.resources, n.available)
+    ]
     if remote:
         best = max(remote, key=lambda n: (n.available.get("CPU", 0.0), n.node_id))
         return decide(Outcome.PLACE, best.node_id, RULE_FITS_REMOTE, f"fits on {best.node_id}")

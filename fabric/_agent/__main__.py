@@ -82,7 +82,7 @@ async def serve(args: argparse.Namespace) -> None:
         return info.address if info is not None else None
 
     peers = PeerLinks(node_id, creds, store, address_of)
-    launcher = WorkerLauncher(node_id, store_root, args.log_dir)
+    launcher = WorkerLauncher(node_id, store_root, args.log_dir, args.region)
     node = NodeAgent(node_id=node_id, region=args.region, labels=labels, resources=resources,
                      store=store, launcher=launcher, peers=peers, directory=None)  # type: ignore[arg-type]
     head = HeadLink(args.head, creds, node, address)

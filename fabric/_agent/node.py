@@ -11,6 +11,7 @@ import asyncio
 import json
 import logging
 import os
+import time
 from collections.abc import Callable, Iterable
 from typing import Protocol
 
@@ -24,7 +25,7 @@ from fabric._agent.state import (
     TaskState,
     return_id,
 )
-from fabric._agent.scheduler import LocalQueues, Shape, fits, how_many_fit
+from fabric._agent.scheduler import LocalQueues, Shape, fits, how_many_fit, shape_of
 from fabric._agent.workers import Worker, WorkerLauncher, WorkerState
 from fabric._object_store import ObjectStore, ObjectStoreError
 from fabric._proto import fabric_pb2 as pb
@@ -43,6 +44,8 @@ E = pb.ErrorInfo
 MAX_RETURNS = 10_000
 MAX_HOPS = 2
 PIPELINE_DEPTH = 2
+PLACING_RETRY = 0.1  # seconds
+SENT_MEMORY = 0.5  # seconds a forward counts against a peer's reported free resources
 MAX_WORKERS_PER_TENANT = 256  # a hard ceiling per node, blocked workers included
 
 
@@ -120,13 +123,15 @@ class NodeAgent:
         self.actors: dict[bytes, ActorEntry] = {}  # hosted here
         self.actor_locations: dict[bytes, str] = {}  # actors created through this node
         self.actor_pending: dict[bytes, list[TaskEntry]] = {}  # calls before placement
+        self.sent: dict[str, list[tuple[float, Shape]]] = {}  # recent forwards per peer
         self.nodes: dict[str, pb.NodeInfo] = {}
         self.view_version = 0
         self.max_workers_per_tenant = max(4, int(resources.get("CPU", 1)) * 4)
-        self.decisions: list[Decision] = []
+        # Every placement decision is handed here before it is acted on (the audit seam).
         self.on_decision: Callable[[Decision, pb.TaskSpec], None] | None = None
         self.on_load_change: Callable[[], None] = lambda: None
         self._dispatch_scheduled = False
+        self._placing_timer = False
 
     # ================================================================= sessions
 
@@ -468,9 +473,26 @@ class NodeAgent:
         views = [NodeView(self.node_id, self.region, self.total, free, True, self.labels)]
         for info in self.nodes.values():
             if info.node_id != self.node_id:
-                views.append(NodeView(info.node_id, info.region, dict(info.total), dict(info.available),
-                                      info.alive, dict(info.labels)))
+                views.append(NodeView(info.node_id, info.region, dict(info.total),
+                                      self._remote_free(info), info.alive, dict(info.labels)))
         return views
+
+    def _remote_free(self, info: pb.NodeInfo) -> dict[str, float]:
+        """A peer's free resources as its last report said, less what we sent it since:
+        reports lag, and one burst must not all land on the node that looked free."""
+        free = dict(info.available)
+        sent = self.sent.get(info.node_id)
+        if sent:
+            now = time.monotonic()
+            while sent and sent[0][0] < now:
+                sent.pop(0)
+            for _, resources in sent:
+                for name, amount in resources:
+                    free[name] = free.get(name, 0.0) - amount
+        return free
+
+    def _note_sent(self, node_id: str, resources: Shape) -> None:
+        self.sent.setdefault(node_id, []).append((time.monotonic() + SENT_MEMORY, resources))
 
     def _route(self, task: TaskEntry) -> None:
         spec = task.spec
@@ -485,6 +507,7 @@ class NodeAgent:
             # A forwarded task may spill on once more (the sender's view was stale),
             # never back and forth for ever.
             pinned_node_id=self.node_id if spec.hops >= MAX_HOPS else None,
+            excluded_node_ids=frozenset((task.origin_node,)) if task.origin_node else frozenset(),
         )
         decision = decide_placement(request, self._node_views(), view_version=self.view_version)
         if self.on_decision is not None:
@@ -495,15 +518,10 @@ class NodeAgent:
             self._place_here(task)  # runs here now, or waits here for local capacity
         elif decision.outcome is Outcome.PLACE and decision.node_id:
             self._forward(task, decision.node_id)
-            # Until the next cluster view, count what we sent so one burst does not
-            # land on a single node.
-            remote = self.nodes.get(decision.node_id)
-            if remote is not None:
-                for name, amount in spec.resources.items():
-                    remote.available[name] = remote.available.get(name, 0.0) - amount
         elif decision.outcome is Outcome.QUEUE:
             task.state = TaskState.PLACING
             self.placing.append(task)
+            self._retry_placing_later()
         else:
             self._fail(task, _err(E.PLACEMENT_REFUSED, "; ".join(decision.reasons)))
         if spec.kind == pb.ACTOR_CREATION and (decision.node_id or decision.outcome is Outcome.REFUSE):
@@ -552,6 +570,8 @@ class NodeAgent:
         forward = pb.TaskSpec()
         forward.CopyFrom(spec)
         forward.hops += 1
+        if spec.kind != pb.ACTOR_TASK:
+            self._note_sent(node_id, shape_of(spec.resources))
         if spec.kind != pb.ACTOR_TASK:
             forward.function_blob = self.functions.get((spec.tenant, spec.function_digest), b"")
         for arg in forward.args:
@@ -640,6 +660,43 @@ class NodeAgent:
             for _ in range(max(0, min(count - starting, room))):
                 self._spawn_pool_worker(tenant)
         self.on_load_change()
+
+    def _retry_placing_later(self) -> None:
+        """Tasks waiting for capacity elsewhere are placed again on each new cluster view,
+        and also after a short while: what we sent a peer stops counting against it."""
+        if not self._placing_timer:
+            self._placing_timer = True
+
+            def retry() -> None:
+                self._placing_timer = False
+                self._schedule_dispatch()
+
+            asyncio.get_running_loop().call_later(PLACING_RETRY, retry)
+
+    def _spill_queued(self) -> None:
+        """Move queued tasks this node cannot start now to nodes the fresh view shows free:
+        a burst that queued here while they were busy should not wait behind itself."""
+        if not len(self.queues):
+            return
+        others = [(n.node_id, self._remote_free(n)) for n in self.nodes.values()
+                  if n.node_id != self.node_id and n.alive]
+        if not others:
+            return
+        for (_, shape), queue in list(self.queues.heads()):
+            runnable_here = how_many_fit(shape, self.available, len(queue))
+            while len(queue) > runnable_here:
+                task = queue[-1]
+                if task.spec.hops >= MAX_HOPS or task.state is not TaskState.WAITING:
+                    break
+                target = next((n for n in others if n[0] != task.origin_node
+                               and fits(shape, n[1])), None)
+                if target is None:
+                    break
+                queue.pop()
+                self.queues.uncommit(task)
+                for name, amount in shape:
+                    target[1][name] = target[1].get(name, 0.0) - amount
+                self._forward(task, target[0])
 
     def _pipeline_target(self, tenant: str, shape: Shape) -> Worker | None:
         """A busy worker already holding resources of `shape` that may take one more task
@@ -1208,6 +1265,7 @@ class NodeAgent:
             placing, self.placing = self.placing, []
             for task in placing:
                 self._route(task)
+        self._spill_queued()
         # Tasks forwarded to a node that is gone fail over (or fail) now.
         for task in list(self.tasks.values()) if gone else ():
             if task.state is TaskState.REMOTE and task.remote_node not in self.nodes:

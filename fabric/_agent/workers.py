@@ -107,8 +107,9 @@ class Worker:
 class WorkerLauncher:
     """Starts worker processes for the agent."""
 
-    def __init__(self, node_id: str, store_root: Path, log_dir: Path | None) -> None:
+    def __init__(self, node_id: str, store_root: Path, log_dir: Path | None, region: str = "") -> None:
         self.node_id = node_id
+        self.region = region
         self.store_root = store_root
         self.log_dir = log_dir
         self._next_id = 0
@@ -136,6 +137,8 @@ class WorkerLauncher:
             self.node_id,
             "--store-dir",
             str(store_dir),
+            "--region",
+            self.region,
         ]
         stderr = None
         if self.log_dir is not None:
