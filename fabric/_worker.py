@@ -109,6 +109,8 @@ class Worker:
                         self.tasks.put(execute)
                 elif which == "cancel":
                     self._cancel(message.cancel.task_id)
+                elif which == "reclaim":
+                    self._hand_back(self._drain_queued())
         finally:
             # The agent is gone: nothing of ours can be delivered any more.
             os._exit(0)
@@ -117,8 +119,10 @@ class Worker:
         """The running task blocks in get: hand queued tasks back to the agent, since they
         might be what it waits for."""
         self.blocked = blocked
-        if not blocked:
-            return []
+        return self._drain_queued() if blocked else []
+
+    def _drain_queued(self) -> list[bytes]:
+        """Take the normal tasks that wait in our queue out of it; returns their ids."""
         returned: list[bytes] = []
         keep: list[pb.ExecuteTask | None] = []
         while True:
@@ -135,7 +139,7 @@ class Worker:
         return returned
 
     def _hand_back(self, task_ids: list[bytes]) -> None:
-        message = pb.Blocked(blocked=True, returned=task_ids)
+        message = pb.Blocked(blocked=self.blocked, returned=task_ids)
         self.channel.send(pb.ClientMessage(blocked=message))
 
     def _cancel(self, task_id: bytes) -> None:

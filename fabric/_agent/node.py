@@ -622,6 +622,16 @@ class NodeAgent:
         # workers as could run at once, not one per queued task.
         spare = dict(self.available)
         wanted: dict[str, int] = {}
+        peer_free: list[dict[str, float]] | None = None
+
+        def peers_free(shape: Shape) -> bool:
+            # Never queue work behind a running task while another node could start it.
+            nonlocal peer_free
+            if peer_free is None:
+                peer_free = [self._remote_free(n) for n in self.nodes.values()
+                             if n.node_id != self.node_id and n.alive]
+            return any(fits(shape, free) for free in peer_free)
+
         for (tenant, shape), queue in self.queues.heads():
             idle = self.idle.get(tenant)
             while queue:
@@ -634,20 +644,27 @@ class NodeAgent:
                     queue.popleft()
                     self._fail(task, error)
                     continue
-                if idle and fits(shape, spare):
+                if fits(shape, spare):
+                    if not idle:
+                        # Free resources but no worker: start some rather than queue
+                        # behind a running task that may take long.
+                        wanted[tenant] = wanted.get(tenant, 0) + how_many_fit(shape, spare, len(queue))
+                        for name, amount in shape:
+                            spare[name] = spare.get(name, 0.0) - amount * len(queue)
+                        break
                     worker = idle.pop()
                     for name, amount in shape:
                         spare[name] = spare.get(name, 0.0) - amount
                     self._lease(worker, shape)
-                elif (worker := self._pipeline_target(tenant, shape)) is None:
-                    if fits(shape, spare):
-                        wanted[tenant] = wanted.get(tenant, 0) + how_many_fit(shape, spare, len(queue))
-                        for name, amount in shape:
-                            spare[name] = spare.get(name, 0.0) - amount * len(queue)
+                elif peers_free(shape) or (worker := self._pipeline_target(tenant, shape)) is None:
                     break
                 queue.popleft()
                 self.queues.uncommit(task)
                 self._execute(task, worker)
+        if self.placing or (
+            (len(self.queues) or self._pipelined()) and self.nodes.keys() - {self.node_id}
+        ):
+            self._retry_placing_later()  # a backlog here: look for free peers again soon
         for tenant, count in wanted.items():
             pool = self.workers.get(tenant, [])
             starting = self.starting.get(tenant, 0) + sum(
@@ -669,6 +686,7 @@ class NodeAgent:
 
             def retry() -> None:
                 self._placing_timer = False
+                self._spill_queued()
                 self._schedule_dispatch()
 
             asyncio.get_running_loop().call_later(PLACING_RETRY, retry)
@@ -676,12 +694,19 @@ class NodeAgent:
     def _spill_queued(self) -> None:
         """Move queued tasks this node cannot start now to nodes the fresh view shows free:
         a burst that queued here while they were busy should not wait behind itself."""
-        if not len(self.queues):
-            return
         others = [(n.node_id, self._remote_free(n)) for n in self.nodes.values()
                   if n.node_id != self.node_id and n.alive]
         if not others:
             return
+        # Tasks pipelined behind a running one that may take long: ask for them back if
+        # a peer could start them now (they come back through `_blocked`).
+        for pool in self.workers.values():
+            for worker in pool:
+                if (len(worker.running) > 1 and worker.lease_shape is not None
+                        and not worker.reclaiming
+                        and any(fits(worker.lease_shape, free) for _, free in others)):
+                    worker.reclaiming = True
+                    worker.send(pb.ToWorker(reclaim=pb.Reclaim()))
         for (_, shape), queue in list(self.queues.heads()):
             runnable_here = how_many_fit(shape, self.available, len(queue))
             while len(queue) > runnable_here:
@@ -697,6 +722,9 @@ class NodeAgent:
                 for name, amount in shape:
                     target[1][name] = target[1].get(name, 0.0) - amount
                 self._forward(task, target[0])
+
+    def _pipelined(self) -> bool:
+        return any(len(w.running) > 1 for pool in self.workers.values() for w in pool)
 
     def _pipeline_target(self, tenant: str, shape: Shape) -> Worker | None:
         """A busy worker already holding resources of `shape` that may take one more task
@@ -834,6 +862,7 @@ class NodeAgent:
         worker = session.worker
         if worker is None:
             return
+        worker.reclaiming = False
         for task_id in message.returned:
             task = worker.running.get(task_id)
             if isinstance(task, TaskEntry) and task.spec.kind == pb.NORMAL_TASK:

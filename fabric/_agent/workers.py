@@ -59,6 +59,7 @@ class Worker:
         # Resources this worker holds for its queue of normal tasks (see NodeAgent._lease).
         self.lease_shape: tuple[tuple[str, float], ...] | None = None
         self.lent = False  # its CPUs are lent back while it blocks in get
+        self.reclaiming = False  # asked to hand back queued tasks, answer pending
         self._outbox: list[bytes] = []
 
     @property

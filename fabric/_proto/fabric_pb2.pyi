@@ -442,15 +442,21 @@ class FromWorker(_message.Message):
     started: WorkerStarted
     def __init__(self, client: _Optional[_Union[ClientMessage, _Mapping]] = ..., result: _Optional[_Union[TaskResult, _Mapping]] = ..., started: _Optional[_Union[WorkerStarted, _Mapping]] = ...) -> None: ...
 
+class Reclaim(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
 class ToWorker(_message.Message):
-    __slots__ = ("server", "execute", "cancel")
+    __slots__ = ("server", "execute", "cancel", "reclaim")
     SERVER_FIELD_NUMBER: _ClassVar[int]
     EXECUTE_FIELD_NUMBER: _ClassVar[int]
     CANCEL_FIELD_NUMBER: _ClassVar[int]
+    RECLAIM_FIELD_NUMBER: _ClassVar[int]
     server: ServerMessage
     execute: ExecuteTask
     cancel: CancelTask
-    def __init__(self, server: _Optional[_Union[ServerMessage, _Mapping]] = ..., execute: _Optional[_Union[ExecuteTask, _Mapping]] = ..., cancel: _Optional[_Union[CancelTask, _Mapping]] = ...) -> None: ...
+    reclaim: Reclaim
+    def __init__(self, server: _Optional[_Union[ServerMessage, _Mapping]] = ..., execute: _Optional[_Union[ExecuteTask, _Mapping]] = ..., cancel: _Optional[_Union[CancelTask, _Mapping]] = ..., reclaim: _Optional[_Union[Reclaim, _Mapping]] = ...) -> None: ...
 
 class ObjectLocation(_message.Message):
     __slots__ = ("object_id", "tenant", "inline_blob", "stored_size", "error", "contained_ids")
