@@ -41,8 +41,10 @@ from fabric.policy import Decision, NodeView, Outcome, PlacementRequest, decide_
 log = logging.getLogger(__name__)
 
 E = pb.ErrorInfo
+Key = tuple[str, bytes]  # (tenant, id)
 MAX_RETURNS = 10_000
 MAX_HOPS = 2
+MAX_ACTOR_HOPS = 3  # caller's node -> creator's node -> host
 PIPELINE_DEPTH = 2
 PLACING_RETRY = 0.1  # seconds
 SENT_MEMORY = 0.5  # seconds a forward counts against a peer's reported free resources
@@ -67,6 +69,11 @@ class Directory(Protocol):
 
 def _err(kind: int, message: str) -> pb.ErrorInfo:
     return pb.ErrorInfo(kind=kind, message=message)
+
+
+def _actor_gone(actor_id: bytes) -> pb.ErrorInfo:
+    # Same words whether it died, never existed or is another tenant's.
+    return _err(E.ACTOR_DIED, f"actor {actor_id.hex()} is not alive")
 
 
 def _unknown(object_id: bytes) -> pb.ErrorInfo:
@@ -112,17 +119,19 @@ class NodeAgent:
         self.directory = directory
         self.sessions: dict[int, Session] = {}
         self._next_session = 0
-        self.objects: dict[bytes, ObjEntry] = {}
-        self.tasks: dict[bytes, TaskEntry] = {}
+        # Every table is keyed by (tenant, id): an id another tenant knows, guesses or
+        # forges names nothing of ours, so it can neither reach nor squat our entries.
+        self.objects: dict[Key, ObjEntry] = {}
+        self.tasks: dict[Key, TaskEntry] = {}
         self.queues = LocalQueues()  # placed here, not yet running
         self.placing: list[TaskEntry] = []  # feasible only elsewhere, no capacity there now
         self.idle: dict[str, list[Worker]] = {}  # tenant -> idle pool workers
         self.functions: dict[tuple[str, bytes], bytes] = {}
         self.workers: dict[str, list[Worker]] = {}  # tenant -> pool (not actors)
         self.starting: dict[str, int] = {}
-        self.actors: dict[bytes, ActorEntry] = {}  # hosted here
-        self.actor_locations: dict[bytes, str] = {}  # actors created through this node
-        self.actor_pending: dict[bytes, list[TaskEntry]] = {}  # calls before placement
+        self.actors: dict[Key, ActorEntry] = {}  # hosted here
+        self.actor_locations: dict[Key, str] = {}  # actors created through this node
+        self.actor_pending: dict[Key, list[TaskEntry]] = {}  # calls before placement
         self.sent: dict[str, list[tuple[float, Shape]]] = {}  # recent forwards per peer
         self.nodes: dict[str, pb.NodeInfo] = {}
         self.view_version = 0
@@ -170,7 +179,7 @@ class NodeAgent:
         session.closed = True
         self.sessions.pop(session.session_id, None)
         for object_id in list(session.held):
-            entry = self.objects.get(object_id)
+            entry = self.objects.get((session.tenant, object_id))
             if entry is not None:
                 entry.holders.discard(session.session_id)
                 entry.subscribers.discard(session.session_id)
@@ -217,7 +226,7 @@ class NodeAgent:
             else:
                 self._reply_error(session, message.request_id, E.INVALID_REQUEST,
                                   f"unexpected message {which!r}")
-        except ObjectStoreError as e:
+        except (ObjectStoreError, SerializationError) as e:
             self._reply_error(session, message.request_id, E.INVALID_REQUEST, str(e))
 
     def _reply(self, session: Session, request_id: int, reply: pb.Reply) -> None:
@@ -233,10 +242,7 @@ class NodeAgent:
     # ---------------------------------------------------------------- objects
 
     def _owned_entry(self, session: Session, object_id: bytes) -> ObjEntry | None:
-        entry = self.objects.get(object_id)
-        if entry is None or entry.tenant != session.tenant:
-            return None
-        return entry
+        return self.objects.get((session.tenant, object_id))
 
     def _ref_update(self, session: Session, update: pb.RefUpdate) -> None:
         sid = session.session_id
@@ -255,7 +261,7 @@ class NodeAgent:
 
     def _put(self, session: Session, put: pb.PutObject) -> None:
         object_id = put.object_id
-        if len(object_id) != 20 or object_id in self.objects:
+        if len(object_id) != 20 or (session.tenant, object_id) in self.objects:
             raise ObjectStoreError(f"invalid or duplicate object id {object_id.hex()}")
         entry = ObjEntry(tenant=session.tenant, state=ObjState.READY)
         if put.WhichOneof("value") == "inline_blob":
@@ -265,14 +271,14 @@ class NodeAgent:
             entry.stored_size = self.store.adopt(session.tenant, object_id, put.sealed_size)
         entry.holders.add(session.session_id)
         session.held.add(object_id)
-        self.objects[object_id] = entry
+        self.objects[(session.tenant, object_id)] = entry
         self._contain(entry, put.contained_ids)
         self.on_load_change()
 
     def _contain(self, entry: ObjEntry, contained: Iterable[bytes]) -> None:
         for inner_id in contained:
-            inner = self.objects.get(inner_id)
-            if inner is not None and inner.tenant == entry.tenant:
+            inner = self.objects.get((entry.tenant, inner_id))
+            if inner is not None:
                 inner.pins += 1
                 entry.contained.append(inner_id)
 
@@ -303,6 +309,9 @@ class NodeAgent:
         entry = self._owned_entry(session, object_id)
         if entry is None or not entry.local:
             self._reply(session, request_id, pb.Reply(error=_unknown(object_id)))
+            return
+        if entry.error is not None:
+            self._reply(session, request_id, pb.Reply(error=entry.error))
             return
         if entry.inline is not None:
             blob = entry.inline
@@ -357,19 +366,26 @@ class NodeAgent:
         if entry.holders or entry.pins or entry.subscribers or entry.state is ObjState.PENDING:
             return
         if entry.remote_owner:
-            return  # a copy: the owner node decides
+            if entry.cache and not entry.fetching:
+                self._drop_copy(object_id, entry)  # nothing here uses it any more
+            return  # a copy of a result: its owner node decides when it goes
         self._delete(object_id, entry)
         for node in entry.copies | ({entry.location} if entry.location else set()):
             if node != self.node_id:
                 self.peers.send(node, pb.PeerMessage(free=pb.ObjectLocation(object_id=object_id,
                                                                             tenant=entry.tenant)))
 
+    def _drop_copy(self, object_id: bytes, entry: ObjEntry) -> None:
+        self.objects.pop((entry.tenant, object_id), None)
+        if entry.stored_size >= 0:
+            self.store.delete(entry.tenant, object_id)
+
     def _delete(self, object_id: bytes, entry: ObjEntry) -> None:
-        self.objects.pop(object_id, None)
+        self.objects.pop((entry.tenant, object_id), None)
         if entry.stored_size >= 0:
             self.store.delete(entry.tenant, object_id)
         for inner_id in entry.contained:
-            inner = self.objects.get(inner_id)
+            inner = self.objects.get((entry.tenant, inner_id))
             if inner is not None:
                 inner.pins -= 1
                 self._maybe_free(inner_id, inner)
@@ -377,41 +393,64 @@ class NodeAgent:
     # ---------------------------------------------------------------- submit and placement
 
     def _submit(self, session: Session, spec: pb.TaskSpec, request_id: int) -> None:
-        problem = _validate_spec(spec)
-        spec.tenant = session.tenant
+        tenant = session.tenant
+        spec.tenant = tenant
         spec.owner_node = self.node_id
         spec.job_id = session.job_id
         spec.caller_id = session.session_id.to_bytes(8, "big")
+        spec.hops = 0
         if spec.function_blob:
-            self.functions[(session.tenant, spec.function_digest)] = spec.function_blob
+            self.functions[(tenant, spec.function_digest)] = spec.function_blob
             spec.ClearField("function_blob")
+        problem = _validate_spec(spec) or self._collision(tenant, spec)
+        if problem is None and spec.kind == pb.NORMAL_TASK and (
+            (tenant, spec.function_digest) not in self.functions
+        ):
+            problem = "unknown function digest: send the function body with its first task"
+        if problem is not None:
+            # Nothing is recorded: the refused ids may belong to entries that stand.
+            error = _err(E.INVALID_REQUEST, problem)
+            self._reply(session, request_id, pb.Reply(error=error))
+            for index in range(min(spec.num_returns, MAX_RETURNS)):
+                session.send(pb.ServerMessage(ready=pb.ObjectReady(
+                    object_id=return_id(spec.task_id, index), error=error)))
+            return
         task = TaskEntry(spec, origin_session=session.session_id)
         task.retries_left = spec.max_retries if spec.kind == pb.NORMAL_TASK else (
             spec.actor_options.max_task_retries if spec.kind == pb.ACTOR_TASK else 0)
         for object_id in task.return_ids:
-            entry = ObjEntry(tenant=session.tenant, producer=spec.task_id)
+            entry = ObjEntry(tenant=tenant, producer=spec.task_id)
             entry.holders.add(session.session_id)
             entry.subscribers.add(session.session_id)
             session.held.add(object_id)
-            self.objects[object_id] = entry
-        if problem is not None:
-            self._reply_error(session, request_id, E.INVALID_REQUEST, problem)
-            self._fail(task, _err(E.INVALID_REQUEST, problem))
-            return
-        if spec.kind == pb.NORMAL_TASK and (session.tenant, spec.function_digest) not in self.functions:
-            self._fail(task, _err(E.INVALID_REQUEST, "unknown function digest"))
-            return
-        self.tasks[spec.task_id] = task
-        if not self._pin_args(task, from_node=""):
+            self.objects[(tenant, object_id)] = entry
+        self.tasks[(tenant, spec.task_id)] = task
+        bad_arg = self._pin_args(task)
+        if bad_arg is not None:
+            self._reply(session, request_id, pb.Reply(error=bad_arg))
+            self._fail(task, bad_arg)
             return
         if spec.kind == pb.ACTOR_CREATION:
             if not spec.actor_options.detached:
                 session.owned_actors[spec.actor_id] = ""
-            self.actor_pending[spec.actor_id] = []
+            self.actor_pending[(tenant, spec.actor_id)] = []
             asyncio.get_running_loop().create_task(self._create_actor(session, task, request_id))
             return
         self._reply(session, request_id, pb.Reply())
         self._route(task)
+
+    def _collision(self, tenant: str, spec: pb.TaskSpec) -> str | None:
+        """A task or actor id already in use by this tenant (reuse would overwrite it)."""
+        if (tenant, spec.task_id) in self.tasks or any(
+            (tenant, return_id(spec.task_id, i)) in self.objects for i in range(spec.num_returns)
+        ):
+            return f"task id {spec.task_id.hex()} is already in use"
+        key = (tenant, spec.actor_id)
+        if spec.kind == pb.ACTOR_CREATION and (
+            key in self.actors or key in self.actor_pending or key in self.actor_locations
+        ):
+            return f"actor id {spec.actor_id.hex()} is already in use"
+        return None
 
     async def _create_actor(self, session: Session, task: TaskEntry, request_id: int) -> None:
         spec = task.spec
@@ -428,45 +467,42 @@ class NodeAgent:
                 self._reply(session, request_id, pb.Reply(error=error))
                 session.owned_actors.pop(spec.actor_id, None)
                 self._fail(task, error)
-                self._actor_placed(spec.actor_id, "")
+                self._actor_placed(spec.tenant, spec.actor_id, "")
                 return
         self._reply(session, request_id, pb.Reply())
         self._route(task)
 
-    def _pin_args(self, task: TaskEntry, from_node: str) -> bool:
-        """Pin every object argument for the task's lifetime; fail the task on a bad ref."""
+    def _pin_args(self, task: TaskEntry) -> pb.ErrorInfo | None:
+        """Pin every object argument for the task's lifetime; on a bad ref, unpin what was
+        pinned and return the error (the caller fails the task)."""
         tenant = task.spec.tenant
-        pinned: list[bytes] = []
         for arg in task.spec.args:
             if arg.WhichOneof("value") != "object_id":
                 continue
             object_id = arg.object_id
-            entry = self.objects.get(object_id)
+            key = (tenant, object_id)
+            entry = self.objects.get(key)
             if entry is None and arg.owner_node and arg.owner_node != self.node_id and (
                 arg.owner_node in self.nodes
             ):
+                # A ref to an object on another node: a local copy, fetched when needed.
                 entry = ObjEntry(tenant=tenant, state=ObjState.UNKNOWN, location=arg.owner_node,
-                                 remote_owner=arg.owner_node)
-                self.objects[object_id] = entry
-            if entry is None or entry.tenant != tenant:
-                for done in pinned:
-                    self._unpin(done)
-                self._fail(task, _unknown(object_id))
-                return False
+                                 remote_owner=arg.owner_node, cache=True)
+                self.objects[key] = entry
+            if entry is None:
+                self._unpin_args(task)
+                return _unknown(object_id)
             entry.pins += 1
-            pinned.append(object_id)
-        return True
-
-    def _unpin(self, object_id: bytes) -> None:
-        entry = self.objects.get(object_id)
-        if entry is not None:
-            entry.pins -= 1
-            self._maybe_free(object_id, entry)
+            task.pinned.append(object_id)
+        return None
 
     def _unpin_args(self, task: TaskEntry) -> None:
-        for arg in task.spec.args:
-            if arg.WhichOneof("value") == "object_id":
-                self._unpin(arg.object_id)
+        pinned, task.pinned = task.pinned, []
+        for object_id in pinned:
+            entry = self.objects.get((task.spec.tenant, object_id))
+            if entry is not None:
+                entry.pins -= 1
+                self._maybe_free(object_id, entry)
 
     def _node_views(self) -> list[NodeView]:
         free = self.queues.free(self.available)
@@ -526,27 +562,28 @@ class NodeAgent:
             self._fail(task, _err(E.PLACEMENT_REFUSED, "; ".join(decision.reasons)))
         if spec.kind == pb.ACTOR_CREATION and (decision.node_id or decision.outcome is Outcome.REFUSE):
             # Calls made before placement follow the actor now that it has a place.
-            self._actor_placed(spec.actor_id, decision.node_id or "")
+            self._actor_placed(spec.tenant, spec.actor_id, decision.node_id or "")
 
     def _route_actor_call(self, task: TaskEntry) -> None:
         actor_id = task.spec.actor_id
-        if actor_id in self.actors:
+        key = (task.spec.tenant, actor_id)
+        if key in self.actors:
             self._actor_call(task)
             return
-        pending = self.actor_pending.get(actor_id)
+        pending = self.actor_pending.get(key)
         if pending is not None:
             pending.append(task)  # the actor is not placed yet; keep submission order
             return
-        node = self.actor_locations.get(actor_id) or task.spec.actor_node
-        if node and node != self.node_id:
+        node = self.actor_locations.get(key) or task.spec.actor_node
+        if node and node != self.node_id and task.spec.hops < MAX_ACTOR_HOPS:
             self._forward(task, node)
             return
-        self._fail(task, _err(E.ACTOR_DIED, f"actor {actor_id.hex()} is not alive"))
+        self._fail(task, _actor_gone(actor_id))
 
-    def _actor_placed(self, actor_id: bytes, node_id: str) -> None:
+    def _actor_placed(self, tenant: str, actor_id: bytes, node_id: str) -> None:
         if node_id:
-            self.actor_locations[actor_id] = node_id
-        for task in self.actor_pending.pop(actor_id, []):
+            self.actor_locations[(tenant, actor_id)] = node_id
+        for task in self.actor_pending.pop((tenant, actor_id), []):
             self._route_actor_call(task)
 
     def _place_here(self, task: TaskEntry) -> None:
@@ -572,11 +609,10 @@ class NodeAgent:
         forward.hops += 1
         if spec.kind != pb.ACTOR_TASK:
             self._note_sent(node_id, shape_of(spec.resources))
-        if spec.kind != pb.ACTOR_TASK:
             forward.function_blob = self.functions.get((spec.tenant, spec.function_digest), b"")
         for arg in forward.args:
             if arg.WhichOneof("value") == "object_id":
-                entry = self.objects.get(arg.object_id)
+                entry = self.objects.get((spec.tenant, arg.object_id))
                 if entry is not None and not entry.remote_owner:
                     arg.owner_node = self.node_id  # ask us: we know where it is
         if spec.kind == pb.ACTOR_CREATION:
@@ -591,7 +627,7 @@ class NodeAgent:
         for arg in task.spec.args:
             if arg.WhichOneof("value") != "object_id":
                 continue
-            entry = self.objects.get(arg.object_id)
+            entry = self.objects.get((task.spec.tenant, arg.object_id))
             if entry is None or entry.local:
                 continue
             missing += 1
@@ -764,7 +800,7 @@ class NodeAgent:
         for arg in task.spec.args:
             if arg.WhichOneof("value") != "object_id":
                 continue
-            entry = self.objects.get(arg.object_id)
+            entry = self.objects.get((task.spec.tenant, arg.object_id))
             if entry is None:
                 return _unknown(arg.object_id)
             if entry.error is not None:
@@ -780,7 +816,7 @@ class NodeAgent:
             if arg.WhichOneof("value") == "inline_blob":
                 r.inline_blob = arg.inline_blob
             else:
-                entry = self.objects[arg.object_id]
+                entry = self.objects[(task.spec.tenant, arg.object_id)]
                 if entry.inline is not None:
                     r.inline_blob = entry.inline
                 else:
@@ -852,7 +888,7 @@ class NodeAgent:
                 self.handle_client(session, message.client)
         elif which == "started":
             if worker.actor_id:
-                actor = self.actors.get(worker.actor_id)
+                actor = self.actors.get((worker.tenant, worker.actor_id))
                 if actor is not None and actor.worker is worker:
                     self._execute(actor.creation, worker)
             else:
@@ -935,7 +971,7 @@ class NodeAgent:
                 self._end_lease(worker)
                 self._worker_idle(worker)
         else:
-            actor = self.actors.get(spec.actor_id)
+            actor = self.actors.get((spec.tenant, spec.actor_id))
             if actor is not None:
                 actor.inflight.pop(spec.task_id, None)
         self._store_results(task, result)
@@ -949,10 +985,10 @@ class NodeAgent:
             object_id = value.object_id
             if object_id not in expected:
                 continue  # a worker may only fill its task's own return slots
-            entry = self.objects.get(object_id)
+            entry = self.objects.get((tenant, object_id))
             if entry is None:
                 entry = ObjEntry(tenant=tenant, remote_owner=task.origin_node)
-                self.objects[object_id] = entry
+                self.objects[(tenant, object_id)] = entry
             which = value.WhichOneof("value")
             try:
                 if which == "inline_blob":
@@ -980,10 +1016,10 @@ class NodeAgent:
         tenant = task.spec.tenant
         locations = []
         for object_id in task.return_ids:
-            entry = self.objects.get(object_id)
+            entry = self.objects.get((tenant, object_id))
             if entry is None:
                 entry = ObjEntry(tenant=tenant, remote_owner=task.origin_node)
-                self.objects[object_id] = entry
+                self.objects[(tenant, object_id)] = entry
             location = pb.ObjectLocation(object_id=object_id, tenant=tenant)
             if isinstance(error, bytes):
                 entry.inline = error
@@ -1000,13 +1036,14 @@ class NodeAgent:
             return
         task.state = TaskState.DONE
         self.queues.uncommit(task)
-        self.tasks.pop(task.task_id, None)
+        tenant = task.spec.tenant
+        self.tasks.pop((tenant, task.task_id), None)
         self._unpin_args(task)
         if task.origin_node:
-            self.peers.send(task.origin_node, pb.PeerMessage(
-                finished=pb.TaskFinished(task_id=task.task_id, returns=locations)))
+            self.peers.send(task.origin_node, pb.PeerMessage(finished=pb.TaskFinished(
+                task_id=task.task_id, returns=locations, tenant=tenant)))
         for location in locations:
-            entry = self.objects.get(location.object_id)
+            entry = self.objects.get((tenant, location.object_id))
             if entry is not None:
                 self._object_ready(location.object_id, entry)
 
@@ -1015,7 +1052,10 @@ class NodeAgent:
     def _start_actor(self, task: TaskEntry) -> None:
         spec = task.spec
         actor = ActorEntry(creation=task, restarts_left=spec.actor_options.max_restarts)
-        self.actors[spec.actor_id] = actor
+        if (spec.tenant, spec.actor_id) in self.actors:
+            self._fail(task, _err(E.INVALID_REQUEST, f"actor id {spec.actor_id.hex()} is already in use"))
+            return
+        self.actors[(spec.tenant, spec.actor_id)] = actor
         actor.resources = dict(spec.resources)
         options = spec.actor_options
         if options.name:
@@ -1044,7 +1084,7 @@ class NodeAgent:
         asyncio.get_running_loop().create_task(spawn())
 
     def _actor_started(self, task: TaskEntry, result: pb.TaskResult) -> None:
-        actor = self.actors.get(task.spec.actor_id)
+        actor = self.actors.get((task.spec.tenant, task.spec.actor_id))
         if actor is None:
             return
         if result.is_error:
@@ -1063,9 +1103,9 @@ class NodeAgent:
 
     def _actor_call(self, task: TaskEntry) -> None:
         spec = task.spec
-        actor = self.actors.get(spec.actor_id)
-        if actor is None or actor.tenant != spec.tenant:
-            self._fail(task, _err(E.ACTOR_DIED, f"actor {spec.actor_id.hex()} is not alive on this node"))
+        actor = self.actors.get((spec.tenant, spec.actor_id))
+        if actor is None:
+            self._fail(task, _actor_gone(spec.actor_id))
             return
         if actor.state is ActorState.DEAD:
             assert actor.death is not None
@@ -1093,7 +1133,7 @@ class NodeAgent:
             self._execute(task, actor.worker)
 
     def _actor_worker_died(self, worker: Worker, reason: str) -> None:
-        actor = self.actors.get(worker.actor_id)
+        actor = self.actors.get((worker.tenant, worker.actor_id))
         if actor is None or actor.worker is not worker:
             return
         actor.worker = None
@@ -1139,13 +1179,14 @@ class NodeAgent:
         self._schedule_dispatch()
 
     def _route_kill(self, kill: pb.KillActor, reason: str) -> None:
-        node = self.node_id if kill.actor_id in self.actors else (
-            self.actor_locations.get(kill.actor_id) or kill.actor_node or self.node_id)
+        key = (kill.tenant, kill.actor_id)
+        node = self.node_id if key in self.actors else (
+            self.actor_locations.get(key) or kill.actor_node or self.node_id)
         if node != self.node_id:
             self.peers.send(node, pb.PeerMessage(kill=kill))
             return
-        actor = self.actors.get(kill.actor_id)
-        if actor is None or actor.tenant != kill.tenant or actor.state is ActorState.DEAD:
+        actor = self.actors.get(key)
+        if actor is None or actor.state is ActorState.DEAD:
             return
         if kill.no_restart:
             actor.restarts_left = 0
@@ -1163,14 +1204,11 @@ class NodeAgent:
         else:
             self._reply(session, request_id, pb.Reply(actor=info))
 
-    def actor_node_known(self, actor_id: bytes, node_id: str) -> None:
-        pass
-
     # ================================================================= cancel
 
     def _cancel(self, cancel: pb.CancelTask) -> None:
-        task = self.tasks.get(cancel.task_id)
-        if task is None or task.spec.tenant != cancel.tenant:
+        task = self.tasks.get((cancel.tenant, cancel.task_id))
+        if task is None:
             return
         if task.state is TaskState.REMOTE:
             self.peers.send(task.remote_node, pb.PeerMessage(cancel=cancel))
@@ -1200,8 +1238,8 @@ class NodeAgent:
         elif which == "cancel":
             self._cancel(message.cancel)
         elif which == "free":
-            entry = self.objects.get(message.free.object_id)
-            if entry is not None and entry.tenant == message.free.tenant and entry.remote_owner == from_node:
+            entry = self.objects.get((message.free.tenant, message.free.object_id))
+            if entry is not None and entry.remote_owner == from_node:
                 entry.remote_owner = ""
                 entry.holders.clear()
                 self._maybe_free(message.free.object_id, entry)
@@ -1210,26 +1248,38 @@ class NodeAgent:
         if spec.function_blob:
             self.functions[(spec.tenant, spec.function_digest)] = spec.function_blob
             spec.ClearField("function_blob")
+        problem = _validate_spec(spec) or self._collision(spec.tenant, spec)
         task = TaskEntry(spec, origin_node=from_node)
+        if problem is not None:
+            # Answer the sender without touching entries that may stand under these ids.
+            error = _err(E.INVALID_REQUEST, problem)
+            self.peers.send(from_node, pb.PeerMessage(finished=pb.TaskFinished(
+                task_id=spec.task_id, tenant=spec.tenant, returns=[
+                    pb.ObjectLocation(object_id=object_id, tenant=spec.tenant, error=error)
+                    for object_id in task.return_ids])))
+            return
         task.retries_left = spec.max_retries if spec.kind == pb.NORMAL_TASK else (
             spec.actor_options.max_task_retries if spec.kind == pb.ACTOR_TASK else 0)
         for object_id in task.return_ids:
-            self.objects[object_id] = ObjEntry(tenant=spec.tenant, producer=spec.task_id,
-                                               remote_owner=from_node)
-        self.tasks[spec.task_id] = task
-        if not self._pin_args(task, from_node=from_node):
+            self.objects[(spec.tenant, object_id)] = ObjEntry(
+                tenant=spec.tenant, producer=spec.task_id, remote_owner=from_node)
+        self.tasks[(spec.tenant, spec.task_id)] = task
+        error = self._pin_args(task)
+        if error is not None:
+            self._fail(task, error)
             return
         self._route(task)
 
     def _remote_finished(self, from_node: str, finished: pb.TaskFinished) -> None:
-        task = self.tasks.get(finished.task_id)
+        tenant = finished.tenant
+        task = self.tasks.get((tenant, finished.task_id))
         if task is None or task.remote_node != from_node:
             return
         expected = set(task.return_ids)
         locations = []
         for location in finished.returns:
             object_id = location.object_id
-            entry = self.objects.get(object_id)
+            entry = self.objects.get((tenant, object_id))
             if object_id not in expected or entry is None:
                 continue
             which = location.WhichOneof("value")
@@ -1247,15 +1297,15 @@ class NodeAgent:
                 if session is not None:
                     session.owned_actors.pop(task.spec.actor_id, None)
         task.state = TaskState.DONE
-        self.tasks.pop(task.task_id, None)
+        self.tasks.pop((tenant, task.task_id), None)
         self._unpin_args(task)
         if task.origin_node:
             # We only relayed this task (e.g. a call to an actor we placed): pass the
             # results on. Stored ones are fetched through us, since we know where they are.
-            relayed = pb.TaskFinished(task_id=task.task_id, returns=locations)
+            relayed = pb.TaskFinished(task_id=task.task_id, returns=locations, tenant=tenant)
             self.peers.send(task.origin_node, pb.PeerMessage(finished=relayed))
         for location in locations:
-            entry = self.objects.get(location.object_id)
+            entry = self.objects.get((tenant, location.object_id))
             if entry is None:
                 continue
             if entry.location and not entry.local and entry.subscribers:
@@ -1265,15 +1315,15 @@ class NodeAgent:
 
     async def serve_fetch(self, tenant: str, object_id: bytes, requester: str) -> pb.ObjectLocation:
         """Another node wants an object we own or hold: wait until it is ready here."""
-        entry = self.objects.get(object_id)
-        if entry is None or entry.tenant != tenant:
+        entry = self.objects.get((tenant, object_id))
+        if entry is None:
             return pb.ObjectLocation(object_id=object_id, tenant=tenant, error=_unknown(object_id))
         if not entry.local:
             done = asyncio.get_running_loop().create_future()
             entry.waiters.append(lambda: done.done() or done.set_result(None))
             self._ensure_fetch(object_id, entry)
             await done
-            entry = self.objects.get(object_id) or entry
+            entry = self.objects.get((tenant, object_id)) or entry
         entry.copies.add(requester)
         location = pb.ObjectLocation(object_id=object_id, tenant=tenant)
         if entry.error is not None:

@@ -19,12 +19,13 @@ from fabric._pki import Credentials
 from fabric._proto import fabric_pb2 as pb
 from fabric._proto import fabric_pb2_grpc as rpc
 from fabric._serialization import INLINE_THRESHOLD
-from fabric._tls import PeerAuthenticator, secure_aio_channel
+from fabric._tls import PeerAuthenticationError, PeerAuthenticator, secure_aio_channel
 
 log = logging.getLogger(__name__)
 
 CHUNK_SIZE = 4 << 20
 HEARTBEAT_INTERVAL = 1.0
+REAUTH_INTERVAL = 1.0  # seconds between certificate re-checks of an open session
 
 ALLOWED_KINDS = {
     "/fabric.v1.Agent/Session": frozenset({"tenant"}),
@@ -63,7 +64,7 @@ class AgentService(rpc.AgentServicer):
         self, request_iterator: AsyncIterator[pb.ClientBatch], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.ServerBatch]:
         identity = await self.auth.identity_async(context)
-        out: asyncio.Queue[pb.ServerBatch | None] = asyncio.Queue()
+        out: asyncio.Queue[pb.ServerBatch | PeerAuthenticationError | None] = asyncio.Queue()
         batcher = Batcher(lambda ms: pb.ServerBatch(messages=ms), out.put_nowait)
         node = self.node
         session = None
@@ -92,15 +93,32 @@ class AgentService(rpc.AgentServicer):
             finally:
                 out.put_nowait(None)
 
-        reader = asyncio.get_running_loop().create_task(read())
+        async def recheck() -> None:
+            # A session is one long-lived call: its certificate may be revoked or expire
+            # while it is open, and then the session ends too.
+            while True:
+                await asyncio.sleep(REAUTH_INTERVAL)
+                try:
+                    self.auth.authenticate(context.auth_context())
+                except PeerAuthenticationError as e:
+                    log.warning("ending the session of %s: %s", identity.uri, e.message)
+                    out.put_nowait(e)
+                    return
+
+        loop = asyncio.get_running_loop()
+        reader = loop.create_task(read())
+        watchdog = loop.create_task(recheck())
         try:
             while True:
                 batch = await out.get()
                 if batch is None:
                     break
+                if isinstance(batch, PeerAuthenticationError):
+                    await context.abort(batch.code, batch.message)
                 yield batch
         finally:
             reader.cancel()
+            watchdog.cancel()
             if session is not None:
                 node.close_session(session)
 
@@ -109,6 +127,7 @@ class AgentService(rpc.AgentServicer):
     ) -> pb.PeerAck:
         identity = await self.auth.identity_async(context)
         async for batch in request_iterator:
+            await self.auth.identity_async(context)  # still valid (revocation, expiry)?
             for message in batch.messages:
                 try:
                     self.node.handle_peer(identity.name, message)

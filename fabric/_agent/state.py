@@ -36,6 +36,7 @@ class ObjEntry:
     subscribers: set[int] = field(default_factory=set)
     producer: bytes = b""  # task id, for cancel
     fetching: bool = False
+    cache: bool = False  # a copy pulled for a local use: dropped when nothing here uses it
 
     @property
     def local(self) -> bool:
@@ -62,6 +63,7 @@ class TaskEntry:
     missing_args: int = 0
     worker: Worker | None = None
     committed: bool = False  # counted as demand by the local queues
+    pinned: list[bytes] = field(default_factory=list)  # object arguments it pins
     cancelled: bool = False
     remote_node: str = ""
 
