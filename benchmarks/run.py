@@ -37,6 +37,9 @@ SYSTEMS: tuple[str, ...] = ("fabric", "ray")
 TITLES = {"fabric": "Fabric", "ray": "Ray"}
 RAY_PYTHON_ENV = "FABRIC_BENCH_RAY_PYTHON"
 STDERR_TAIL_LINES = 40
+# Above this share of busy CPU before a child starts, its figures are flagged
+# as taken on a machine that was not idle.
+BUSY_WARNING = 0.25
 
 
 @dataclass
@@ -56,10 +59,10 @@ class ChildRun:
     version: str | None = None
     python: str | None = None
     stderr_tail: str = ""
-    # 1-minute load average just before the child started: the figures are
-    # only comparable when the machine was otherwise idle, and this is the
-    # cheapest evidence of whether it was.
-    load_before: float | None = None
+    # Share of all CPUs busy in the second before the child started: the
+    # figures are only comparable when the machine was otherwise idle, and
+    # this is the cheapest evidence of whether it was.
+    cpu_busy_before: float | None = None
     # Processes of the child's session still alive after the child exited.
     leftover: int = 0
 
@@ -80,7 +83,7 @@ class ChildRun:
             "seconds": round(self.seconds, 3),
             "version": self.version,
             "python": self.python,
-            "load_before": self.load_before,
+            "cpu_busy_before": self.cpu_busy_before,
             "leftover_processes": self.leftover,
             "figures": self.figures,
             "errors": self.errors,
@@ -191,9 +194,10 @@ def run_child(
     names: list[str],
     quick: bool,
     timeout: float,
+    cpu_busy_before: float | None = None,
 ) -> ChildRun:
     """Run one system once in its own subprocess and collect its figures."""
-    run = ChildRun(system=system, round=round_no, load_before=_load())
+    run = ChildRun(system=system, round=round_no, cpu_busy_before=cpu_busy_before)
     cmd = [python, "-m", "benchmarks._child", "--system", system, "--only", ",".join(names)]
     if quick:
         cmd.append("--quick")
@@ -246,11 +250,28 @@ def run_child(
     return run
 
 
-def _load() -> float | None:
+def _cpu_times() -> tuple[int, int]:
+    """(busy, total) jiffies over all CPUs, from the first line of /proc/stat."""
+    with open("/proc/stat") as f:
+        values = [int(v) for v in f.readline().split()[1:]]
+    # Fields: user nice system idle iowait irq softirq steal [guest...];
+    # guest time is already inside user, so only the first eight count.
+    values = values[:8]
+    idle = values[3] + values[4]
+    return sum(values) - idle, sum(values)
+
+
+def _cpu_busy(window: float = 1.0) -> float | None:
+    # Sampled over a short window right before a child, not the load average:
+    # the 1-minute load average still carries the previous child's own work
+    # and would blame it on the machine.
     try:
-        return os.getloadavg()[0]
-    except OSError:
+        busy0, total0 = _cpu_times()
+        time.sleep(window)
+        busy1, total1 = _cpu_times()
+    except (OSError, ValueError, IndexError):
         return None
+    return (busy1 - busy0) / max(1, total1 - total0)
 
 
 def _read(f: IO[str]) -> str:
@@ -281,12 +302,20 @@ def _fmt(value: float) -> str:
 
 
 def _cell(
-    system: str, key: str, medians: dict[str, dict[str, float]], status: dict[str, str]
+    system: str,
+    key: str,
+    medians: dict[str, dict[str, float]],
+    status: dict[str, str],
+    partial: set[tuple[str, str]],
 ) -> str:
     if system not in medians:
         return status.get(system, "n/a")
     value = medians[system].get(key)
-    return "error" if value is None else _fmt(value)
+    if value is None:
+        return "error"
+    # A median over the surviving rounds only is still shown, but marked:
+    # it may be the lucky round of a flaky benchmark.
+    return _fmt(value) + ("*" if (system, key) in partial else "")
 
 
 def _ratio(fig: workloads.Figure, medians: dict[str, dict[str, float]]) -> str:
@@ -304,14 +333,19 @@ def render_table(
     names: list[str],
     medians: dict[str, dict[str, float]],
     status: dict[str, str],
+    partial: set[tuple[str, str]] | None = None,
 ) -> str:
-    """The side-by-side table: figure | Fabric | Ray | Fabric/Ray."""
+    """The side-by-side table: figure | Fabric | Ray | Fabric/Ray.
+
+    ``partial`` holds (system, figure key) pairs measured in only some rounds.
+    """
+    partial = partial or set()
     header = ("figure", "Fabric", "Ray", "Fabric/Ray")
     rows = [
         (
             fig.label,
-            _cell("fabric", fig.key, medians, status),
-            _cell("ray", fig.key, medians, status),
+            _cell("fabric", fig.key, medians, status, partial),
+            _cell("ray", fig.key, medians, status, partial),
             _ratio(fig, medians),
         )
         for fig in workloads.FIGURES
@@ -327,7 +361,10 @@ def render_table(
         ).rstrip()
 
     sep = "-+-".join("-" * w for w in widths)
-    return "\n".join([line(header), sep, *(line(r) for r in rows)])
+    out = [line(header), sep, *(line(r) for r in rows)]
+    if partial:
+        out.append("* median of the rounds that produced the figure; the others failed")
+    return "\n".join(out)
 
 
 def _log(msg: str) -> None:
@@ -355,29 +392,36 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     p.add_argument(
         "--ray-python",
+        metavar="PATH",
         default=os.environ.get(RAY_PYTHON_ENV),
         help=f"Python interpreter with Ray installed (default: ${RAY_PYTHON_ENV}); "
         "without one, the Ray column is skipped",
     )
     p.add_argument(
         "--fabric-python",
+        metavar="PATH",
         default=sys.executable,
         help="Python interpreter with Fabric installed (default: this one)",
     )
-    p.add_argument("--rounds", type=int, default=2, help="rounds per system (default: 2)")
+    p.add_argument(
+        "--rounds", type=int, default=2, metavar="N", help="rounds per system (default: 2)"
+    )
     p.add_argument(
         "--only",
+        metavar="NAME[,NAME]",
         default=None,
         help="comma-separated benchmarks to run: " + ",".join(workloads.BENCHMARKS),
     )
     p.add_argument("--quick", action="store_true", help="small counts, for a smoke test")
     p.add_argument(
         "--systems",
+        metavar="SYSTEM[,SYSTEM]",
         default=",".join(SYSTEMS),
         help="comma-separated systems to run (default: fabric,ray)",
     )
     p.add_argument(
         "--timeout",
+        metavar="S",
         type=float,
         default=600.0,
         help="seconds allowed for each child run (default: 600)",
@@ -420,14 +464,13 @@ def main(argv: list[str] | None = None) -> int:
     for round_no in range(1, args.rounds + 1):
         for system, python in interpreters.items():
             _log(f"round {round_no}/{args.rounds}: {TITLES[system]} ...")
-            load = _load()
-            cpus = os.cpu_count() or 1
-            if load is not None and load > 0.5 * cpus:
+            busy = _cpu_busy()
+            if busy is not None and busy > BUSY_WARNING:
                 _log(
-                    f"  warning: load average {load:.1f} on {cpus} CPUs; "
+                    f"  warning: CPUs {busy:.0%} busy before the start; "
                     "other work on this machine will skew the figures"
                 )
-            run = run_child(system, python, round_no, names, args.quick, args.timeout)
+            run = run_child(system, python, round_no, names, args.quick, args.timeout, busy)
             runs[system].append(run)
             if run.ok:
                 _log(f"  done in {run.seconds:.1f} s")
@@ -444,7 +487,13 @@ def main(argv: list[str] | None = None) -> int:
         f"{' vs '.join(title_bits) or 'nothing run'}; num_cpus=2; "
         f"median of {args.rounds} round(s){'; quick counts' if args.quick else ''}"
     )
-    print(render_table(names, medians, status))
+    partial = {
+        (s, key)
+        for s, rs in runs.items()
+        for key in medians[s]
+        if sum(key in r.figures for r in rs) < len(rs)
+    }
+    print(render_table(names, medians, status, partial))
 
     if args.json:
         payload = {

@@ -351,7 +351,15 @@ class ObjectStore:
     wrote but never reported are invisible to it.
     """
 
-    def __init__(self, root: Path, capacity_bytes: int | None = None) -> None:
+    def __init__(
+        self,
+        root: Path,
+        capacity_bytes: int | None = None,
+        tenant_owner: Callable[[str], tuple[int, int]] | None = None,
+    ) -> None:
+        """`tenant_owner`, when the agent runs workers under per-tenant uids, gives the
+        (uid, gid) that owns each tenant's directory and objects, so that tenant's
+        workers can read them and nobody else's can."""
         if capacity_bytes is not None and capacity_bytes < 0:
             raise ValueError("capacity_bytes must not be negative")
         root = Path(root)
@@ -362,7 +370,10 @@ class ObjectStore:
             os.mkdir(root, 0o700)
         except FileExistsError:
             raise ObjectStoreError(f"store root {root} already exists") from None
-        os.chmod(root, 0o700)
+        # With per-tenant uids, workers must reach their own directory by name (x),
+        # never list the root (r) to learn which tenants exist.
+        os.chmod(root, 0o711 if tenant_owner is not None else 0o700)
+        self._tenant_owner = tenant_owner
         self._root = root
         self._capacity = capacity_bytes
         self._tenants: dict[str, _Tenant] = {}
@@ -411,6 +422,8 @@ class ObjectStore:
             os.mkdir(path, 0o700)
             os.chmod(path, 0o700, follow_symlinks=False)
             dir_fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            if self._tenant_owner is not None:
+                os.fchown(dir_fd, *self._tenant_owner(tenant))
         except OSError as exc:
             raise ObjectStoreError(f"cannot create store directory for {tenant}: {exc}") from exc
         entry = _Tenant(StoreDirectory(path), dir_fd)
@@ -489,6 +502,7 @@ class ObjectStore:
                 ) from exc
             actual = st.st_size
             self._check_capacity(tenant, name, actual - t.objects.get(object_id, 0))
+            self._give_to_tenant(fd, tenant)
         except ObjectStoreError:
             self._discard(t, object_id, name)
             raise
@@ -496,6 +510,12 @@ class ObjectStore:
             os.close(fd)
         self._account(t, object_id, actual)
         return actual
+
+    def _give_to_tenant(self, fd: int, tenant: str) -> None:
+        # A driver on this host may have written it as another user: hand it to the
+        # tenant's uid so the tenant's workers, and only they, can map it.
+        if self._tenant_owner is not None:
+            os.fchown(fd, *self._tenant_owner(tenant))
 
     def _discard(self, t: _Tenant, object_id: bytes, name: str) -> None:
         with contextlib.suppress(OSError):
@@ -515,6 +535,7 @@ class ObjectStore:
 
         def fill(fd: int) -> None:
             _pwrite_all(fd, view, 0)
+            self._give_to_tenant(fd, tenant)
 
         _write_sealed(t.directory.directory, t.dir_fd, name, fill)
         self._account(t, object_id, view.nbytes)
@@ -536,6 +557,7 @@ class ObjectStore:
             raise _store_os_error("create", name, exc) from exc
         try:
             os.fchmod(fd, 0o600)
+            self._give_to_tenant(fd, tenant)
             os.ftruncate(fd, total_size)
         except OSError as exc:
             os.close(fd)

@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable, Iterator
 
 import pytest
 
 import fabric
+from fabric._agent.isolation import DISABLE_ENV
+
+# Most tests' tasks signal the test through files in pytest's private temporary
+# directories, which a worker under its own tenant uid cannot reach: their clusters share
+# the agent's uid. The isolation tests start clusters with per-tenant uids themselves.
+os.environ.setdefault(DISABLE_ENV, "1")
 
 
 @pytest.fixture(scope="session")

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import grpc
 
+from fabric._agent.isolation import separate_uids_unavailable, tenant_uid
 from fabric._agent.node import NodeAgent
 from fabric._agent.service import ALLOWED_KINDS, AgentService, HeadLink, PeerLinks
 from fabric._agent.workers import WorkerLauncher
@@ -60,7 +61,14 @@ async def serve(args: argparse.Namespace) -> None:
     resources = _resources(args.resources)
     labels = {str(k): str(v) for k, v in json.loads(args.labels).items()}
     store_root = (args.store_root or default_store_root()) / f"fabric-{node_id}-{secrets.token_hex(4)}"
-    store = ObjectStore(store_root)
+    reason = separate_uids_unavailable()
+    owner = tenant_uid if reason is None else None
+    if reason is None:
+        log.info("workers run under a uid per tenant")
+    else:
+        log.warning("workers share the agent's uid, so tenants' workers are not separated by "
+                    "file permissions: %s", reason)
+    store = ObjectStore(store_root, tenant_owner=owner)
     # Marks the store as this node's, so a co-located client knows it may map it.
     (store_root / f".node-{node_id}").touch()
 
@@ -82,7 +90,7 @@ async def serve(args: argparse.Namespace) -> None:
         return info.address if info is not None else None
 
     peers = PeerLinks(node_id, creds, store, address_of)
-    launcher = WorkerLauncher(node_id, store_root, args.log_dir, args.region)
+    launcher = WorkerLauncher(node_id, store_root, args.log_dir, args.region, owner)
     node = NodeAgent(node_id=node_id, region=args.region, labels=labels, resources=resources,
                      store=store, launcher=launcher, peers=peers, directory=None)  # type: ignore[arg-type]
     head = HeadLink(args.head, creds, node, address)

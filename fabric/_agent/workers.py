@@ -108,9 +108,17 @@ class Worker:
 class WorkerLauncher:
     """Starts worker processes for the agent."""
 
-    def __init__(self, node_id: str, store_root: Path, log_dir: Path | None, region: str = "") -> None:
+    def __init__(
+        self,
+        node_id: str,
+        store_root: Path,
+        log_dir: Path | None,
+        region: str = "",
+        tenant_owner: Callable[[str], tuple[int, int]] | None = None,
+    ) -> None:
         self.node_id = node_id
         self.region = region
+        self.tenant_owner = tenant_owner  # per-tenant (uid, gid), when the agent is root
         self.store_root = store_root
         self.log_dir = log_dir
         self._next_id = 0
@@ -141,6 +149,12 @@ class WorkerLauncher:
             "--region",
             self.region,
         ]
+        identity: dict[str, object] = {}
+        env = None
+        if self.tenant_owner is not None:
+            uid, gid = self.tenant_owner(tenant)
+            identity = {"user": uid, "group": gid, "extra_groups": []}
+            env = {**os.environ, "HOME": str(store_dir)}
         stderr = None
         if self.log_dir is not None:
             stderr = open(self.log_dir / f"worker-{tenant}-{worker_id}.log", "ab")  # noqa: SIM115
@@ -153,6 +167,8 @@ class WorkerLauncher:
                 # Own process group: a forced kill takes the worker's children with it.
                 start_new_session=True,
                 close_fds=True,
+                env=env,
+                **identity,  # type: ignore[arg-type]
             )
         finally:
             child.close()
