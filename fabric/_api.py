@@ -20,11 +20,25 @@ _lock = threading.RLock()
 _cluster: Any = None  # the embedded LocalCluster started by init() without an address
 
 # Ray's init() arguments that have no meaning here; accepted so Ray programs port unchanged.
-_IGNORED_INIT_ARGS = frozenset({
-    "include_dashboard", "dashboard_host", "dashboard_port", "log_to_driver", "logging_level",
-    "logging_format", "configure_logging", "runtime_env", "object_store_memory",
-    "_system_config", "_temp_dir", "local_mode", "job_config", "num_gpus", "resources",
-})
+_IGNORED_INIT_ARGS = frozenset(
+    {
+        "include_dashboard",
+        "dashboard_host",
+        "dashboard_port",
+        "log_to_driver",
+        "logging_level",
+        "logging_format",
+        "configure_logging",
+        "runtime_env",
+        "object_store_memory",
+        "_system_config",
+        "_temp_dir",
+        "local_mode",
+        "job_config",
+        "num_gpus",
+        "resources",
+    }
+)
 
 
 class InitError(FabricError):
@@ -60,8 +74,10 @@ def init(
         if _state.client is not None:
             if ignore_reinit_error:
                 return get_runtime_context()
-            raise RuntimeError("fabric.init() was already called; call fabric.shutdown() first "
-                               "or pass ignore_reinit_error=True")
+            raise RuntimeError(
+                "fabric.init() was already called; call fabric.shutdown() first "
+                "or pass ignore_reinit_error=True"
+            )
         from fabric._driver import connect
         from fabric._launch import load_credentials
 
@@ -78,12 +94,16 @@ def init(
             who = "tenant/default"
         else:
             if address == "auto":
-                raise InitError("address='auto' is not supported; pass the HOST:PORT of a node agent")
+                raise InitError(
+                    "address='auto' is not supported; pass the HOST:PORT of a node agent"
+                )
             certs_env = certs or os.environ.get("FABRIC_CERTS")
             who = identity or os.environ.get("FABRIC_IDENTITY") or ""
             if not certs_env or not who:
-                raise InitError("connecting to a cluster needs certs=DIR and identity='tenant/NAME' "
-                                "(or FABRIC_CERTS and FABRIC_IDENTITY)")
+                raise InitError(
+                    "connecting to a cluster needs certs=DIR and identity='tenant/NAME' "
+                    "(or FABRIC_CERTS and FABRIC_IDENTITY)"
+                )
             creds_dir = Path(certs_env)
             agent_address = address
         try:
@@ -156,7 +176,9 @@ def get(refs: Any, *, timeout: float | None = None) -> Any:
     if isinstance(refs, (list, tuple)):
         for r in refs:
             if not isinstance(r, ObjectRef):
-                raise TypeError(f"get() takes ObjectRefs, got an element of type {type(r).__name__}")
+                raise TypeError(
+                    f"get() takes ObjectRefs, got an element of type {type(r).__name__}"
+                )
         return client.get(list(refs), timeout)
     raise TypeError(f"get() takes an ObjectRef or a list of them, got {type(refs).__name__}")
 
@@ -195,41 +217,60 @@ def kill(actor: Any, *, no_restart: bool = True) -> None:
 
     if not isinstance(actor, ActorHandle):
         raise TypeError(f"kill() takes an actor handle, got {type(actor).__name__}")
-    _client().transport.send(pb.ClientMessage(kill=pb.KillActor(
-        actor_id=actor._actor_id, no_restart=no_restart, actor_node=actor._owner_node)))
+    _client().transport.send(
+        pb.ClientMessage(
+            kill=pb.KillActor(
+                actor_id=actor._actor_id, no_restart=no_restart, actor_node=actor._owner_node
+            )
+        )
+    )
 
 
 def cancel(ref: ObjectRef, *, force: bool = False, recursive: bool = True) -> None:
     """Cancel the task that produces `ref`; its `get` raises TaskCancelledError."""
     if not isinstance(ref, ObjectRef):
         raise TypeError(f"cancel() takes an ObjectRef, got {type(ref).__name__}")
-    _client().transport.send(pb.ClientMessage(cancel=pb.CancelTask(
-        task_id=ref.task_id(), force=force, recursive=recursive)))
+    _client().transport.send(
+        pb.ClientMessage(
+            cancel=pb.CancelTask(task_id=ref.task_id(), force=force, recursive=recursive)
+        )
+    )
 
 
 def get_actor(name: str, namespace: str | None = None) -> Any:
     """The handle of the live actor called `name` in `namespace` (default: this job's)."""
-    from fabric._remote import ActorHandle
     import json
+
+    from fabric._remote import ActorHandle
 
     if not isinstance(name, str) or not name:
         raise ValueError("get_actor() needs a non-empty name")
-    reply = _client().request(pb.ClientMessage(get_actor=pb.GetActor(name=name, namespace=namespace or "")),
-                              timeout=60)
+    reply = _client().request(
+        pb.ClientMessage(get_actor=pb.GetActor(name=name, namespace=namespace or "")), timeout=60
+    )
     info = reply.actor
     try:
         meta = json.loads(info.handle_meta)
     except ValueError as e:
         raise ActorNotFoundError(f"actor {name!r} has no usable handle metadata") from e
-    return ActorHandle(info.actor_id, info.node_id, meta.get("class_name", info.class_name),
-                       meta.get("methods", {}), int(meta.get("max_task_retries", 0)))
+    return ActorHandle(
+        info.actor_id,
+        info.node_id,
+        meta.get("class_name", info.class_name),
+        meta.get("methods", {}),
+        int(meta.get("max_task_retries", 0)),
+    )
 
 
 # ---------------------------------------------------------------------------- cluster
 
 
 def _cluster_info() -> pb.ClusterInfo:
-    return _client().request(pb.ClientMessage(cluster_info=pb.ClusterInfoRequest()), timeout=60).cluster
+    return (
+        _client()
+        .request(pb.ClientMessage(cluster_info=pb.ClusterInfoRequest()), timeout=60)
+        .cluster
+    )
 
 
 def nodes() -> list[dict[str, Any]]:

@@ -242,7 +242,7 @@ class CoreClient:
             return serialize(value)
         except exc.FabricError as e:
             raise TypeError(f"could not serialize {describe()}: {e}") from e
-        except Exception as e:  # noqa: BLE001 - any pickling failure is the caller's TypeError
+        except Exception as e:
             raise TypeError(f"could not serialize {describe()}: {type(e).__name__}: {e}") from e
 
     def put(self, value: Any) -> ObjectRef:
@@ -328,7 +328,8 @@ class CoreClient:
                 for object_id in missing:
                     if not self._wait_ready(object_id, deadline):
                         raise exc.GetTimeoutError(
-                            f"get timed out after {timeout} s waiting for ObjectRef({object_id.hex()})"
+                            f"get timed out after {timeout} s waiting for "
+                            f"ObjectRef({object_id.hex()})"
                         )
             finally:
                 self._set_blocked(False)

@@ -40,14 +40,16 @@ def make_array(n: int) -> np.ndarray:
     return np.arange(n, dtype=np.float64)
 
 
-@fabric.remote
-class Ledger:
+class _Ledger:
     def __init__(self) -> None:
         self.entries: list[str] = []
 
     def record(self, entry: str) -> tuple[str, int]:
         self.entries.append(entry)
         return fabric.get_runtime_context().get_node_id(), len(self.entries)
+
+
+Ledger = fabric.remote(_Ledger)
 
 
 def run(print_: Callable[[str], Any] = print) -> dict[str, Any]:
@@ -66,13 +68,18 @@ def run(print_: Callable[[str], Any] = print) -> dict[str, Any]:
             identity="tenant/default",
         )
         try:
-            print_(f"Fabric demo: head and {len(nodes)} agents as separate processes, "
-                   f"mutual TLS with a fresh CA ({time.perf_counter() - started:.1f} s to start)")
+            print_(
+                f"Fabric demo: head and {len(nodes)} agents as separate processes, "
+                f"mutual TLS with a fresh CA ({time.perf_counter() - started:.1f} s to start)"
+            )
             print_(f"  {'NODE':<14}{'REGION':<12}ADDRESS")
             for info in sorted(fabric.nodes(), key=lambda n: n["NodeID"]):
                 print_(f"  {info['NodeID']:<14}{info['Region']:<12}{info['Address']}")
 
-            print_("\n12 tasks of 0.3 s, spread by free resources (the driver is connected to eu-west-1):")
+            print_(
+                "\n12 tasks of 0.3 s, spread by free resources "
+                "(the driver is connected to eu-west-1):"
+            )
             results = fabric.get([where.remote(i, 0.3) for i in range(12)])
             counts = Counter((node, region) for _, node, region in results)
             for (node, region), n in sorted(counts.items()):
@@ -80,27 +87,37 @@ def run(print_: Callable[[str], Any] = print) -> dict[str, Any]:
             facts["spread"] = {node: n for (node, _), n in counts.items()}
 
             print_("\nOne task pinned to each node:")
-            pinned = fabric.get([
-                where.options(resources=_node_resource(node)).remote(i)
-                for i, node in enumerate(REGIONS)
-            ])
+            pinned = fabric.get(
+                [
+                    where.options(resources=_node_resource(node)).remote(i)
+                    for i, node in enumerate(REGIONS)
+                ]
+            )
             for _, node, region in pinned:
                 print_(f"  ran on {node:<14}({region})")
             facts["pinned"] = [node for _, node, _ in pinned]
 
             big = fabric.put(np.ones(4 * 1024 * 1024))  # 32 MB, stored on eu-west-1
-            node, total = fabric.get(checksum.options(resources=_node_resource("us-east-1")).remote(big))
-            print_(f"\nA 32 MB array put on {driver_node}, summed on {node} "
-                   f"(moved agent to agent in chunks over mTLS): {total:,.0f}")
+            node, total = fabric.get(
+                checksum.options(resources=_node_resource("us-east-1")).remote(big)
+            )
+            print_(
+                f"\nA 32 MB array put on {driver_node}, summed on {node} "
+                f"(moved agent to agent in chunks over mTLS): {total:,.0f}"
+            )
             made = make_array.options(resources=_node_resource("eu-central-1")).remote(1_000_000)
-            node2, total2 = fabric.get(checksum.options(resources=_node_resource("us-east-1")).remote(made))
+            node2, total2 = fabric.get(
+                checksum.options(resources=_node_resource("us-east-1")).remote(made)
+            )
             print_(f"An 8 MB array made on eu-central-1, summed on {node2}: {total2:,.0f}")
             facts["transfers"] = [(node, total), (node2, total2)]
 
             ledger = Ledger.options(resources=_node_resource("eu-central-1")).remote()
             records = fabric.get([ledger.record.remote(f"entry {i}") for i in range(5)])
-            print_(f"\nActor Ledger lives on {records[-1][0]}; 5 calls ran in order: "
-                   f"{[n for _, n in records]}")
+            print_(
+                f"\nActor Ledger lives on {records[-1][0]}; 5 calls ran in order: "
+                f"{[n for _, n in records]}"
+            )
             facts["actor"] = records
             print_(f"\nDone in {time.perf_counter() - started:.1f} s.")
         finally:

@@ -87,8 +87,10 @@ class GrpcTransport:
         self.send(pb.ClientMessage(request_id=1, hello=pb.Hello(namespace=namespace)))
         if not self._welcomed.wait(timeout) or self._welcome is None:
             self.close()
-            raise ConnectionLostError(self._error or f"no answer from the node agent at {self.address} "
-                                                     f"within {timeout:g} s")
+            raise ConnectionLostError(
+                self._error
+                or f"no answer from the node agent at {self.address} within {timeout:g} s"
+            )
         return self._welcome
 
     def attach(self, client: CoreClient) -> None:
@@ -112,7 +114,9 @@ def _describe(error: grpc.RpcError, address: str) -> str:
     return f"{code.name if code else 'error'}: {details}"
 
 
-def connect(address: str, creds: Credentials, namespace: str = "", timeout: float = 30.0) -> CoreClient:
+def connect(
+    address: str, creds: Credentials, namespace: str = "", timeout: float = 30.0
+) -> CoreClient:
     """Open a session with the agent at `address` as the identity in `creds`."""
     transport = GrpcTransport(address, creds)
     welcome = transport.handshake(namespace, timeout)

@@ -16,7 +16,13 @@ from pathlib import Path
 
 import grpc
 
-from fabric._launch import add_credential_args, fail, load_credentials, setup_logging, write_ready_file
+from fabric._launch import (
+    add_credential_args,
+    fail,
+    load_credentials,
+    setup_logging,
+    write_ready_file,
+)
 from fabric._proto import fabric_pb2 as pb
 from fabric._proto import fabric_pb2_grpc as rpc
 from fabric._tls import (
@@ -52,9 +58,14 @@ class ClusterDirectory:
 
     def join(self, node_id: str, register: pb.RegisterNode, identity: str) -> None:
         self.nodes[node_id] = pb.NodeInfo(
-            node_id=node_id, address=register.address, region=register.region,
-            total=register.resources, available=register.resources, alive=True,
-            labels=register.labels, identity=identity,
+            node_id=node_id,
+            address=register.address,
+            region=register.region,
+            total=register.resources,
+            available=register.resources,
+            alive=True,
+            labels=register.labels,
+            identity=identity,
         )
         self.version += 1
 
@@ -62,9 +73,11 @@ class ClusterDirectory:
         node = self.nodes.get(node_id)
         if node is None:
             return
-        if (dict(node.available) == dict(report.available)
-                and (node.running_tasks, node.queued_tasks, node.workers)
-                == (report.running_tasks, report.queued_tasks, report.workers)):
+        if dict(node.available) == dict(report.available) and (
+            node.running_tasks,
+            node.queued_tasks,
+            node.workers,
+        ) == (report.running_tasks, report.queued_tasks, report.workers):
             return  # a heartbeat: nothing to broadcast
         node.available.clear()
         node.available.update(report.available)
@@ -114,7 +127,7 @@ class HeadService(rpc.HeadServicer):
         self.directory = ClusterDirectory()
         self.changed = asyncio.Event()
 
-    async def NodeStream(  # noqa: N802 - gRPC method name
+    async def NodeStream(
         self, request_iterator: AsyncIterator[pb.NodeReport], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.ClusterInfo]:
         identity = await self.auth.identity_async(context)
@@ -123,8 +136,12 @@ class HeadService(rpc.HeadServicer):
         if not first.HasField("register"):
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "the first report must register")
         self.directory.join(node_id, first.register, identity.uri)
-        log.info("node %s joined from %s (region %s)", node_id, first.register.address,
-                 first.register.region)
+        log.info(
+            "node %s joined from %s (region %s)",
+            node_id,
+            first.register.address,
+            first.register.region,
+        )
         self.changed.set()
 
         async def reports() -> None:
@@ -150,7 +167,7 @@ class HeadService(rpc.HeadServicer):
             log.info("node %s left", node_id)
             self.changed.set()
 
-    async def RegisterActor(  # noqa: N802
+    async def RegisterActor(
         self, request: pb.ActorRecord, context: grpc.aio.ServicerContext
     ) -> pb.ActorRecord:
         await self.auth.identity_async(context)
@@ -159,12 +176,14 @@ class HeadService(rpc.HeadServicer):
             await context.abort(grpc.StatusCode.ALREADY_EXISTS, problem)
         return request
 
-    async def RemoveActor(self, request: pb.LookupActor, context: grpc.aio.ServicerContext) -> pb.Empty:  # noqa: N802
+    async def RemoveActor(
+        self, request: pb.LookupActor, context: grpc.aio.ServicerContext
+    ) -> pb.Empty:
         await self.auth.identity_async(context)
         self.directory.remove_actor(request.tenant, request.actor_id)
         return pb.Empty()
 
-    async def LookupActorByName(  # noqa: N802
+    async def LookupActorByName(
         self, request: pb.LookupActor, context: grpc.aio.ServicerContext
     ) -> pb.ActorRecord:
         await self.auth.identity_async(context)
@@ -173,14 +192,16 @@ class HeadService(rpc.HeadServicer):
             await context.abort(grpc.StatusCode.NOT_FOUND, f"no actor named {request.name!r}")
         return pb.ActorRecord(info=info)
 
-    async def Status(self, request: pb.Empty, context: grpc.aio.ServicerContext) -> pb.ClusterInfo:  # noqa: N802
+    async def Status(self, request: pb.Empty, context: grpc.aio.ServicerContext) -> pb.ClusterInfo:
         await self.auth.identity_async(context)
         return self.directory.view()
 
 
 async def serve(args: argparse.Namespace) -> None:
     creds = load_credentials(args.certs, args.identity)
-    auth = PeerAuthenticator(creds, RevocationList(creds.crl_path, creds.ca_pem) if creds.crl_path else None)
+    auth = PeerAuthenticator(
+        creds, RevocationList(creds.crl_path, creds.ca_pem) if creds.crl_path else None
+    )
     server = grpc.aio.server(
         interceptors=[auth_aio_server_interceptor(auth, ALLOWED_KINDS)], options=SERVER_OPTIONS
     )

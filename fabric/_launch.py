@@ -14,9 +14,15 @@ from fabric._pki import CredentialPaths, Credentials
 
 
 def add_credential_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--certs", type=Path, required=True,
-                        help="directory with ca.pem, crl.pem and issued/<kind>-<name>.pem|.key")
-    parser.add_argument("--identity", required=True, help="KIND/NAME of this process, e.g. node/head")
+    parser.add_argument(
+        "--certs",
+        type=Path,
+        required=True,
+        help="directory with ca.pem, crl.pem and issued/<kind>-<name>.pem|.key",
+    )
+    parser.add_argument(
+        "--identity", required=True, help="KIND/NAME of this process, e.g. node/head"
+    )
 
 
 def credential_paths(certs: Path, identity: str) -> CredentialPaths:
@@ -57,4 +63,3 @@ def setup_logging(name: str) -> None:
 def fail(message: str) -> None:
     print(f"fabric: error: {message}", file=sys.stderr)
     raise SystemExit(1)
-

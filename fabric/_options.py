@@ -6,20 +6,47 @@ import numbers
 from collections.abc import Mapping
 from typing import Any
 
-TASK_OPTIONS = frozenset({
-    "num_cpus", "num_gpus", "memory", "resources", "num_returns", "max_retries",
-    "retry_exceptions", "name",
-})
-ACTOR_OPTIONS = frozenset({
-    "num_cpus", "num_gpus", "memory", "resources", "max_restarts", "max_task_retries",
-    "max_concurrency", "name", "namespace", "lifetime", "get_if_exists",
-})
+TASK_OPTIONS = frozenset(
+    {
+        "num_cpus",
+        "num_gpus",
+        "memory",
+        "resources",
+        "num_returns",
+        "max_retries",
+        "retry_exceptions",
+        "name",
+    }
+)
+ACTOR_OPTIONS = frozenset(
+    {
+        "num_cpus",
+        "num_gpus",
+        "memory",
+        "resources",
+        "max_restarts",
+        "max_task_retries",
+        "max_concurrency",
+        "name",
+        "namespace",
+        "lifetime",
+        "get_if_exists",
+    }
+)
 METHOD_OPTIONS = frozenset({"num_returns", "max_task_retries", "name"})
 
-TASK_DEFAULTS: dict[str, Any] = {"num_cpus": 1, "num_returns": 1, "max_retries": 3,
-                                 "retry_exceptions": False}
-ACTOR_DEFAULTS: dict[str, Any] = {"num_cpus": 0, "max_restarts": 0, "max_task_retries": 0,
-                                  "max_concurrency": 0}
+TASK_DEFAULTS: dict[str, Any] = {
+    "num_cpus": 1,
+    "num_returns": 1,
+    "max_retries": 3,
+    "retry_exceptions": False,
+}
+ACTOR_DEFAULTS: dict[str, Any] = {
+    "num_cpus": 0,
+    "max_restarts": 0,
+    "max_task_retries": 0,
+    "max_concurrency": 0,
+}
 
 
 def _number(name: str, value: Any) -> None:
@@ -58,7 +85,9 @@ def validate(options: Mapping[str, Any], allowed: frozenset[str], what: str) -> 
                 if not isinstance(key, str):
                     raise ValueError(f"resource names must be strings, got {key!r}")
                 if key in ("CPU", "GPU", "memory"):
-                    raise ValueError(f"use num_cpus / num_gpus / memory instead of resources[{key!r}]")
+                    raise ValueError(
+                        f"use num_cpus / num_gpus / memory instead of resources[{key!r}]"
+                    )
                 _number(f"resources[{key!r}]", amount)
         elif name in ("name", "namespace"):
             if not isinstance(value, str) or not value:

@@ -27,7 +27,7 @@ class ObjectRef:
         if client is not None:
             try:
                 client.ref_dropped(self._id)
-            except Exception:  # noqa: BLE001 - interpreter shutdown; nothing to release to
+            except Exception:
                 pass
 
     def __reduce__(self) -> tuple[Any, ...]:

@@ -97,7 +97,10 @@ class RemoteFunction:
 
     def remote(self, *args: Any, **kwargs: Any) -> Any:
         client = _api.client_for_submit()
-        options = {**_options.TASK_DEFAULTS, **{k: v for k, v in self._options.items() if v is not None}}
+        options = {
+            **_options.TASK_DEFAULTS,
+            **{k: v for k, v in self._options.items() if v is not None},
+        }
         spec = pb.TaskSpec(
             task_id=os.urandom(16),
             kind=pb.NORMAL_TASK,
@@ -137,7 +140,9 @@ class ActorClass:
 
     def __init__(self, cls: type, options: dict[str, Any]) -> None:
         self._cls = cls
-        self._options = _options.validate(options, _options.ACTOR_OPTIONS, f"actor class {cls.__name__}")
+        self._options = _options.validate(
+            options, _options.ACTOR_OPTIONS, f"actor class {cls.__name__}"
+        )
         self._pickled = _Pickled(cls)
         self._methods = _method_table(cls)
         self.__name__ = cls.__name__
@@ -161,7 +166,10 @@ class ActorClass:
 
     def remote(self, *args: Any, **kwargs: Any) -> ActorHandle:
         client = _api.client_for_submit()
-        options = {**_options.ACTOR_DEFAULTS, **{k: v for k, v in self._options.items() if v is not None}}
+        options = {
+            **_options.ACTOR_DEFAULTS,
+            **{k: v for k, v in self._options.items() if v is not None},
+        }
         name = options.get("name", "")
         namespace = options.get("namespace", "")
         if name and options.get("get_if_exists"):
@@ -170,8 +178,13 @@ class ActorClass:
             except ValueError:
                 pass
         actor_id = os.urandom(16)
-        meta = json.dumps({"class_name": self.__name__, "methods": self._methods,
-                           "max_task_retries": options["max_task_retries"]})
+        meta = json.dumps(
+            {
+                "class_name": self.__name__,
+                "methods": self._methods,
+                "max_task_retries": options["max_task_retries"],
+            }
+        )
         spec = pb.TaskSpec(
             task_id=os.urandom(16),
             kind=pb.ACTOR_CREATION,
@@ -195,8 +208,14 @@ class ActorClass:
         ready = client.owned_ref(_return_id(spec.task_id, 0))
         # Ray raises at once when the name is taken: wait for the directory's answer.
         client.submit(spec, self._pickled.blob, wait=bool(name))
-        return ActorHandle(actor_id, client.node_id, self.__name__, self._methods,
-                           options["max_task_retries"], ready)
+        return ActorHandle(
+            actor_id,
+            client.node_id,
+            self.__name__,
+            self._methods,
+            options["max_task_retries"],
+            ready,
+        )
 
 
 class ActorMethod:
@@ -222,9 +241,15 @@ class ActorMethod:
 class ActorHandle:
     """A reference to an actor. Picklable: pass it to tasks and other actors."""
 
-    def __init__(self, actor_id: bytes, owner_node: str, class_name: str,
-                 methods: dict[str, dict[str, Any]], max_task_retries: int,
-                 ready: ObjectRef | None = None) -> None:
+    def __init__(
+        self,
+        actor_id: bytes,
+        owner_node: str,
+        class_name: str,
+        methods: dict[str, dict[str, Any]],
+        max_task_retries: int,
+        ready: ObjectRef | None = None,
+    ) -> None:
         self._actor_id = actor_id
         self._owner_node = owner_node
         self._class_name = class_name
@@ -237,12 +262,22 @@ class ActorHandle:
     def __getattr__(self, name: str) -> ActorMethod:
         methods = self.__dict__.get("_methods")
         if methods is None or name not in methods:
-            raise AttributeError(f"actor {self.__dict__.get('_class_name', '?')} has no method {name!r}")
+            raise AttributeError(
+                f"actor {self.__dict__.get('_class_name', '?')} has no method {name!r}"
+            )
         return ActorMethod(self, name, methods[name])
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return (ActorHandle, (self._actor_id, self._owner_node, self._class_name, self._methods,
-                              self._max_task_retries))
+        return (
+            ActorHandle,
+            (
+                self._actor_id,
+                self._owner_node,
+                self._class_name,
+                self._methods,
+                self._max_task_retries,
+            ),
+        )
 
     def __repr__(self) -> str:
         return f"Actor({self._class_name}, {self._actor_id.hex()})"
@@ -253,7 +288,9 @@ class ActorHandle:
     def __hash__(self) -> int:
         return hash(self._actor_id)
 
-    def _call(self, name: str, options: dict[str, Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    def _call(
+        self, name: str, options: dict[str, Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Any:
         client = _api.client_for_submit()
         with self._lock:
             self._sequence += 1
@@ -269,7 +306,8 @@ class ActorHandle:
             sequence_no=sequence,
             actor_node=self._owner_node,
             actor_options=pb.ActorOptions(
-                max_task_retries=options.get("max_task_retries", self._max_task_retries)),
+                max_task_retries=options.get("max_task_retries", self._max_task_retries)
+            ),
         )
         _encode_args(client, spec, f"{self._class_name}.{name}", args, kwargs)
         return _submit(client, spec, None)

@@ -25,7 +25,9 @@ def remote(*args: Any, **options: Any) -> Any:
     if len(args) == 1 and not options and callable(args[0]):
         return _make(args[0], {})
     if args:
-        raise TypeError("@fabric.remote takes either one function or class, or only keyword options")
+        raise TypeError(
+            "@fabric.remote takes either one function or class, or only keyword options"
+        )
 
     def decorate(target: Any) -> Any:
         return _make(target, options)

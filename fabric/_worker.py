@@ -159,7 +159,9 @@ class Worker:
                 return
             spec = execute.spec
             if spec.task_id in self.cancelled:
-                self._send_error(spec, TaskCancelledError("the task was cancelled before it ran"), "")
+                self._send_error(
+                    spec, TaskCancelledError("the task was cancelled before it ran"), ""
+                )
                 continue
             if spec.kind == pb.ACTOR_TASK and (self.pool is not None or self.loop is not None):
                 self._run_concurrent(execute)
@@ -205,7 +207,9 @@ class Worker:
         return method(*args, **kwargs)
 
     def _setup_concurrency(self, cls: type, max_concurrency: int) -> None:
-        is_async = any(inspect.iscoroutinefunction(m) for _, m in inspect.getmembers(cls, inspect.isfunction))
+        is_async = any(
+            inspect.iscoroutinefunction(m) for _, m in inspect.getmembers(cls, inspect.isfunction)
+        )
         if is_async:
             loop = asyncio.new_event_loop()
             self.loop = loop
@@ -231,7 +235,7 @@ class Worker:
             self._send_result(spec, result)
         except KeyboardInterrupt:
             self._send_error(spec, TaskCancelledError("the task was cancelled"), "")
-        except BaseException as e:  # noqa: BLE001 - a task's error belongs to its caller
+        except BaseException as e:
             self._send_error(spec, e, traceback.format_exc())
         finally:
             self.client.current_task_id = b""
@@ -272,7 +276,7 @@ class Worker:
         else:
             try:
                 self._send_result(spec, future.result())
-            except BaseException as e:  # noqa: BLE001
+            except BaseException as e:
                 self._send_error(spec, e, traceback.format_exc())
 
     # -- results -------------------------------------------------------------------------
@@ -288,8 +292,10 @@ class Worker:
         else:
             values = list(result)
             if len(values) != n:
-                raise ValueError(f"{spec.function_name} was declared with num_returns={n} "
-                                 f"but returned {len(values)} values")
+                raise ValueError(
+                    f"{spec.function_name} was declared with num_returns={n} "
+                    f"but returned {len(values)} values"
+                )
         message = pb.TaskResult(task_id=spec.task_id)
         for index, value in enumerate(values):
             message.returns.append(self._encode_return(spec.task_id, index, value))
@@ -329,8 +335,9 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     sock = socket.socket(fileno=args.fd)
     channel = LocalChannel(sock)
-    welcome = pb.Welcome(node_id=args.node_id, tenant=args.tenant, store_path=str(args.store_dir),
-                         region=args.region)
+    welcome = pb.Welcome(
+        node_id=args.node_id, tenant=args.tenant, store_path=str(args.store_dir), region=args.region
+    )
     client = CoreClient(channel, welcome, is_worker=True)
     _state.client = client
     worker = Worker(channel, client)

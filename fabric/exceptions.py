@@ -25,7 +25,6 @@ class RaySystemError(FabricError):
     """The fabric itself failed (lost connection, protocol violation)."""
 
 
-
 class ConnectionLostError(RaySystemError):
     """The connection to the node agent was lost."""
 
@@ -41,7 +40,8 @@ class TaskError(FabricError):
         super().__init__(self._message())
 
     def _message(self) -> str:
-        return f"{type(self.cause).__name__ if self.cause else 'error'} in {self.function_name}\n{self.traceback_str}"
+        kind = type(self.cause).__name__ if self.cause else "error"
+        return f"{kind} in {self.function_name}\n{self.traceback_str}"
 
     def __str__(self) -> str:
         return self._message()
@@ -57,7 +57,7 @@ class TaskError(FabricError):
         cause_cls = type(cause)
         try:
             combined = _dual_class(cause_cls)
-            err = combined.__new__(combined)
+            err = combined.__new__(combined)  # type: ignore[call-overload]
             # Copy the cause's state so attributes such as ``errno`` survive.
             err.__dict__.update(getattr(cause, "__dict__", {}))
             err.args = cause.args

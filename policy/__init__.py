@@ -23,4 +23,11 @@ from fabric.policy._decision import (
     decide_placement as decide_placement,
 )
 
-__all__ = ["Decision", "NodeView", "Outcome", "PlacementRequest", "PolicyBundle", "decide_placement"]
+__all__ = [
+    "Decision",
+    "NodeView",
+    "Outcome",
+    "PlacementRequest",
+    "PolicyBundle",
+    "decide_placement",
+]

@@ -82,7 +82,9 @@ def _digest(request: PlacementRequest, view_version: int, bundle: PolicyBundle) 
     h.update(request.task_id)
     for name in sorted(request.resources):
         h.update(f"\0{name}={request.resources[name]!r}".encode())
-    h.update(f"\0{request.local_node_id}\0{request.pinned_node_id}\0{view_version}\0{bundle.version}".encode())
+    h.update(
+        f"\0{request.local_node_id}\0{request.pinned_node_id}\0{view_version}\0{bundle.version}".encode()
+    )
     return h.hexdigest()
 
 

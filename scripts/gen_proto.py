@@ -33,7 +33,9 @@ def generate(out: Path) -> None:
         raise SystemExit(f"protoc failed with {rc}")
     grpc_file = out / "fabric_pb2_grpc.py"
     # protoc emits an absolute import; the generated modules live inside a package.
-    text = re.sub(r"^import fabric_pb2 as", "from . import fabric_pb2 as", grpc_file.read_text(), flags=re.M)
+    text = re.sub(
+        r"^import fabric_pb2 as", "from . import fabric_pb2 as", grpc_file.read_text(), flags=re.M
+    )
     grpc_file.write_text(text)
 
 
@@ -41,7 +43,9 @@ def main(argv: list[str]) -> int:
     if "--check" in argv:
         with tempfile.TemporaryDirectory() as tmp:
             generate(Path(tmp))
-            stale = [n for n in GENERATED if (Path(tmp) / n).read_text() != (PROTO_DIR / n).read_text()]
+            stale = [
+                n for n in GENERATED if (Path(tmp) / n).read_text() != (PROTO_DIR / n).read_text()
+            ]
         if stale:
             print(f"generated code is stale: {', '.join(stale)}; run python scripts/gen_proto.py")
             return 1

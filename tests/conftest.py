@@ -27,7 +27,9 @@ def cluster() -> Iterator[fabric.RuntimeContext]:
     fabric.shutdown()
 
 
-def wait_for(condition: Callable[[], object], timeout: float = 30.0, what: str = "condition") -> object:
+def wait_for(
+    condition: Callable[[], object], timeout: float = 30.0, what: str = "condition"
+) -> object:
     """Poll `condition` until it is truthy; fail the test after `timeout` seconds."""
     deadline = time.monotonic() + timeout
     while True:

@@ -165,7 +165,7 @@ def test_bad_option_values_are_refused() -> None:
 
 def test_unserializable_argument_fails_at_submit_naming_it() -> None:
     lock = threading.Lock()
-    with pytest.raises(TypeError, match="argument 0 of .*noop"):
+    with pytest.raises(TypeError, match=r"argument 0 of .*noop"):
         noop.remote(lock)
     with pytest.raises(TypeError, match="argument 'flag'"):
         noop.options().remote(flag=lock)

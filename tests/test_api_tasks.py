@@ -150,7 +150,7 @@ def test_get_timeout_raises_typed_error() -> None:
         time.sleep(30)
 
     ref = sleepy.remote()
-    with pytest.raises(fe.GetTimeoutError, match="timed out after 0.2 s"):
+    with pytest.raises(fe.GetTimeoutError, match=r"timed out after 0\.2 s"):
         fabric.get(ref, timeout=0.2)
     assert isinstance(fe.GetTimeoutError("x"), TimeoutError)
     fabric.cancel(ref, force=True)

@@ -248,7 +248,9 @@ def test_issue_leaf_certificate_profile(ca: CertificateAuthority) -> None:
     assert dt.timedelta(days=364) < lifetime <= dt.timedelta(days=365)
 
 
-@pytest.mark.parametrize(("kind", "serves"), [("node", True), ("tenant", False), ("operator", False)])
+@pytest.mark.parametrize(
+    ("kind", "serves"), [("node", True), ("tenant", False), ("operator", False)]
+)
 def test_only_node_certs_carry_the_server_name(
     ca: CertificateAuthority, kind: str, serves: bool
 ) -> None:

@@ -51,8 +51,11 @@ def test_cluster_walkthrough_runs(tmp_path: Path) -> None:
         assert re.search(r"^us-1\s+us-east\s+.*1/1", table, re.M), table
         assert "stopped head" in table
     finally:
-        subprocess.run(["fabric", "stop", "--state-dir", str(tmp_path / "state")],
-                       capture_output=True, timeout=60)
+        subprocess.run(
+            ["fabric", "stop", "--state-dir", str(tmp_path / "state")],
+            capture_output=True,
+            timeout=60,
+        )
 
 
 def test_setup_commands_are_the_ones_ci_runs() -> None:
@@ -68,8 +71,11 @@ def test_demo_runs_on_three_regions() -> None:
     )
     assert result.returncode == 0, result.stderr[-3000:]
     out = result.stdout
-    for node, region in (("eu-west-1", "eu-west"), ("eu-central-1", "eu-central"),
-                         ("us-east-1", "us-east")):
+    for node, region in (
+        ("eu-west-1", "eu-west"),
+        ("eu-central-1", "eu-central"),
+        ("us-east-1", "us-east"),
+    ):
         assert f"ran on {node:<14}({region})" in out, out
     assert "summed on us-east-1" in out and "4,194,304" in out
     assert "5 calls ran in order: [1, 2, 3, 4, 5]" in out

@@ -27,8 +27,8 @@ import psutil
 import pytest
 
 import fabric
-from fabric._agent.isolation import DISABLE_ENV, separate_uids_unavailable, tenant_uid
 from fabric import _state
+from fabric._agent.isolation import DISABLE_ENV, separate_uids_unavailable, tenant_uid
 from fabric._client import CoreClient
 from fabric._cluster import LocalCluster, NodeSpec
 from fabric._driver import connect
@@ -688,4 +688,3 @@ def test_tenant_code_cannot_read_the_nodes_or_the_cas_private_key(
 @fabric.remote
 def my_uid() -> int:
     return os.getuid()
-

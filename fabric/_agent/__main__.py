@@ -17,10 +17,22 @@ from fabric._agent.isolation import separate_uids_unavailable, tenant_uid
 from fabric._agent.node import NodeAgent
 from fabric._agent.service import ALLOWED_KINDS, AgentService, HeadLink, PeerLinks
 from fabric._agent.workers import WorkerLauncher
-from fabric._launch import add_credential_args, fail, load_credentials, setup_logging, write_ready_file
+from fabric._launch import (
+    add_credential_args,
+    fail,
+    load_credentials,
+    setup_logging,
+    write_ready_file,
+)
 from fabric._object_store import ObjectStore, default_store_root
 from fabric._proto import fabric_pb2_grpc as rpc
-from fabric._tls import SERVER_OPTIONS, PeerAuthenticator, RevocationList, auth_aio_server_interceptor, server_credentials
+from fabric._tls import (
+    SERVER_OPTIONS,
+    PeerAuthenticator,
+    RevocationList,
+    auth_aio_server_interceptor,
+    server_credentials,
+)
 from fabric.exceptions import FabricError
 
 log = logging.getLogger("fabric.agent")
@@ -60,19 +72,26 @@ async def serve(args: argparse.Namespace) -> None:
     node_id = creds.identity.name
     resources = _resources(args.resources)
     labels = {str(k): str(v) for k, v in json.loads(args.labels).items()}
-    store_root = (args.store_root or default_store_root()) / f"fabric-{node_id}-{secrets.token_hex(4)}"
+    store_root = (
+        args.store_root or default_store_root()
+    ) / f"fabric-{node_id}-{secrets.token_hex(4)}"
     reason = separate_uids_unavailable()
     owner = tenant_uid if reason is None else None
     if reason is None:
         log.info("workers run under a uid per tenant")
     else:
-        log.warning("workers share the agent's uid, so tenants' workers are not separated by "
-                    "file permissions: %s", reason)
+        log.warning(
+            "workers share the agent's uid, so tenants' workers are not separated by "
+            "file permissions: %s",
+            reason,
+        )
     store = ObjectStore(store_root, tenant_owner=owner)
     # Marks the store as this node's, so a co-located client knows it may map it.
     (store_root / f".node-{node_id}").touch()
 
-    auth = PeerAuthenticator(creds, RevocationList(creds.crl_path, creds.ca_pem) if creds.crl_path else None)
+    auth = PeerAuthenticator(
+        creds, RevocationList(creds.crl_path, creds.ca_pem) if creds.crl_path else None
+    )
     server = grpc.aio.server(
         interceptors=[auth_aio_server_interceptor(auth, ALLOWED_KINDS)], options=SERVER_OPTIONS
     )
@@ -83,7 +102,7 @@ async def serve(args: argparse.Namespace) -> None:
     address = f"{host}:{bound}"
 
     node: NodeAgent
-    head: HeadLink
+    head = HeadLink(args.head, creds, address)
 
     def address_of(peer: str) -> str | None:
         info = node.nodes.get(peer)
@@ -91,10 +110,17 @@ async def serve(args: argparse.Namespace) -> None:
 
     peers = PeerLinks(node_id, creds, store, address_of)
     launcher = WorkerLauncher(node_id, store_root, args.log_dir, args.region, owner)
-    node = NodeAgent(node_id=node_id, region=args.region, labels=labels, resources=resources,
-                     store=store, launcher=launcher, peers=peers, directory=None)  # type: ignore[arg-type]
-    head = HeadLink(args.head, creds, node, address)
-    node.directory = head
+    node = NodeAgent(
+        node_id=node_id,
+        region=args.region,
+        labels=labels,
+        resources=resources,
+        store=store,
+        launcher=launcher,
+        peers=peers,
+        directory=head,
+    )
+    head.node = node
     node.on_load_change = head.changed.set
     rpc.add_AgentServicer_to_server(AgentService(node, auth), server)
     await server.start()
@@ -105,7 +131,9 @@ async def serve(args: argparse.Namespace) -> None:
     except TimeoutError:
         fail(f"cannot reach head at {args.head}: {head.error or 'no answer'}")
     write_ready_file(args.ready_file, address=address, node_id=node_id, store=str(store_root))
-    log.info("agent %s serving on %s (region %s, resources %s)", node_id, address, args.region, resources)
+    log.info(
+        "agent %s serving on %s (region %s, resources %s)", node_id, address, args.region, resources
+    )
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Protocol
 
+from fabric._agent.scheduler import LocalQueues, Shape, fits, how_many_fit, shape_of
 from fabric._agent.state import (
     ActorEntry,
     ActorState,
@@ -25,7 +26,6 @@ from fabric._agent.state import (
     TaskState,
     return_id,
 )
-from fabric._agent.scheduler import LocalQueues, Shape, fits, how_many_fit, shape_of
 from fabric._agent.workers import Worker, WorkerLauncher, WorkerState
 from fabric._object_store import ObjectStore, ObjectStoreError
 from fabric._proto import fabric_pb2 as pb
@@ -67,7 +67,7 @@ class Directory(Protocol):
     async def lookup_actor(self, tenant: str, namespace: str, name: str) -> pb.ActorInfo | None: ...
 
 
-def _err(kind: int, message: str) -> pb.ErrorInfo:
+def _err(kind: pb.ErrorInfo.Kind, message: str) -> pb.ErrorInfo:
     return pb.ErrorInfo(kind=kind, message=message)
 
 
@@ -79,7 +79,9 @@ def _actor_gone(actor_id: bytes) -> pb.ErrorInfo:
 def _unknown(object_id: bytes) -> pb.ErrorInfo:
     # The same words whether the object never existed, was freed or belongs to another
     # tenant: a caller must not learn which.
-    return _err(E.UNKNOWN_OBJECT, f"ObjectRef({object_id.hex()}) is unknown (freed, or never yours)")
+    return _err(
+        E.UNKNOWN_OBJECT, f"ObjectRef({object_id.hex()}) is unknown (freed, or never yours)"
+    )
 
 
 def _blob_error_summary(blob: bytes) -> str:
@@ -157,8 +159,11 @@ class NodeAgent:
             identity=identity,
         )
         self.sessions[session.session_id] = session
-        if not identity.startswith("worker:") and not self.workers.get(tenant) \
-                and not self.starting.get(tenant):
+        if (
+            not identity.startswith("worker:")
+            and not self.workers.get(tenant)
+            and not self.starting.get(tenant)
+        ):
             self._spawn_pool_worker(tenant)  # warm: the first task should not wait for a fork
         return session
 
@@ -187,8 +192,12 @@ class NodeAgent:
         session.held.clear()
         # Actors fate-share with the driver that created them unless detached.
         for actor_id, node in session.owned_actors.items():
-            self._route_kill(pb.KillActor(actor_id=actor_id, no_restart=True, actor_node=node,
-                                          tenant=session.tenant), "its owner exited")
+            self._route_kill(
+                pb.KillActor(
+                    actor_id=actor_id, no_restart=True, actor_node=node, tenant=session.tenant
+                ),
+                "its owner exited",
+            )
         session.owned_actors.clear()
 
     # ================================================================= client messages
@@ -224,8 +233,9 @@ class NodeAgent:
             elif which == "fetch":
                 self._fetch_inline(session, message.request_id, message.fetch.object_id)
             else:
-                self._reply_error(session, message.request_id, E.INVALID_REQUEST,
-                                  f"unexpected message {which!r}")
+                self._reply_error(
+                    session, message.request_id, E.INVALID_REQUEST, f"unexpected message {which!r}"
+                )
         except (ObjectStoreError, SerializationError) as e:
             self._reply_error(session, message.request_id, E.INVALID_REQUEST, str(e))
 
@@ -233,7 +243,9 @@ class NodeAgent:
         if request_id:
             session.send(pb.ServerMessage(request_id=request_id, reply=reply))
 
-    def _reply_error(self, session: Session, request_id: int, kind: int, message: str) -> None:
+    def _reply_error(
+        self, session: Session, request_id: int, kind: pb.ErrorInfo.Kind, message: str
+    ) -> None:
         if request_id:
             self._reply(session, request_id, pb.Reply(error=_err(kind, message)))
         else:
@@ -285,7 +297,11 @@ class NodeAgent:
     def _subscribe(self, session: Session, object_id: bytes) -> None:
         entry = self._owned_entry(session, object_id)
         if entry is None:
-            session.send(pb.ServerMessage(ready=pb.ObjectReady(object_id=object_id, error=_unknown(object_id))))
+            session.send(
+                pb.ServerMessage(
+                    ready=pb.ObjectReady(object_id=object_id, error=_unknown(object_id))
+                )
+            )
             return
         entry.holders.add(session.session_id)
         session.held.add(object_id)
@@ -344,10 +360,12 @@ class NodeAgent:
         try:
             location = await self.peers.fetch(entry.location, entry.tenant, object_id)
             self._fill(entry, object_id, location)
-        except Exception as e:  # noqa: BLE001 - any failure to pull leaves the object lost
+        except Exception as e:
             log.warning("fetching %s from %s failed: %s", object_id.hex(), entry.location, e)
-            entry.error = _err(E.OBJECT_LOST, f"could not fetch ObjectRef({object_id.hex()}) "
-                                              f"from node {entry.location}: {e}")
+            entry.error = _err(
+                E.OBJECT_LOST,
+                f"could not fetch ObjectRef({object_id.hex()}) from node {entry.location}: {e}",
+            )
         entry.fetching = False
         entry.state = ObjState.READY
         self._object_ready(object_id, entry)
@@ -372,8 +390,12 @@ class NodeAgent:
         self._delete(object_id, entry)
         for node in entry.copies | ({entry.location} if entry.location else set()):
             if node != self.node_id:
-                self.peers.send(node, pb.PeerMessage(free=pb.ObjectLocation(object_id=object_id,
-                                                                            tenant=entry.tenant)))
+                self.peers.send(
+                    node,
+                    pb.PeerMessage(
+                        free=pb.ObjectLocation(object_id=object_id, tenant=entry.tenant)
+                    ),
+                )
 
     def _drop_copy(self, object_id: bytes, entry: ObjEntry) -> None:
         self.objects.pop((entry.tenant, object_id), None)
@@ -403,8 +425,10 @@ class NodeAgent:
             self.functions[(tenant, spec.function_digest)] = spec.function_blob
             spec.ClearField("function_blob")
         problem = _validate_spec(spec) or self._collision(tenant, spec)
-        if problem is None and spec.kind == pb.NORMAL_TASK and (
-            (tenant, spec.function_digest) not in self.functions
+        if (
+            problem is None
+            and spec.kind == pb.NORMAL_TASK
+            and ((tenant, spec.function_digest) not in self.functions)
         ):
             problem = "unknown function digest: send the function body with its first task"
         if problem is not None:
@@ -412,12 +436,18 @@ class NodeAgent:
             error = _err(E.INVALID_REQUEST, problem)
             self._reply(session, request_id, pb.Reply(error=error))
             for index in range(min(spec.num_returns, MAX_RETURNS)):
-                session.send(pb.ServerMessage(ready=pb.ObjectReady(
-                    object_id=return_id(spec.task_id, index), error=error)))
+                session.send(
+                    pb.ServerMessage(
+                        ready=pb.ObjectReady(object_id=return_id(spec.task_id, index), error=error)
+                    )
+                )
             return
         task = TaskEntry(spec, origin_session=session.session_id)
-        task.retries_left = spec.max_retries if spec.kind == pb.NORMAL_TASK else (
-            spec.actor_options.max_task_retries if spec.kind == pb.ACTOR_TASK else 0)
+        task.retries_left = (
+            spec.max_retries
+            if spec.kind == pb.NORMAL_TASK
+            else (spec.actor_options.max_task_retries if spec.kind == pb.ACTOR_TASK else 0)
+        )
         for object_id in task.return_ids:
             entry = ObjEntry(tenant=tenant, producer=spec.task_id)
             entry.holders.add(session.session_id)
@@ -458,9 +488,14 @@ class NodeAgent:
         if options.name:
             options.namespace = options.namespace or session.namespace
             info = pb.ActorInfo(
-                actor_id=spec.actor_id, name=options.name, namespace=options.namespace,
-                node_id="", state="pending", class_name=options.class_name,
-                handle_meta=options.handle_meta, tenant=session.tenant,
+                actor_id=spec.actor_id,
+                name=options.name,
+                namespace=options.namespace,
+                node_id="",
+                state="pending",
+                class_name=options.class_name,
+                handle_meta=options.handle_meta,
+                tenant=session.tenant,
             )
             error = await self.directory.register_actor(info)
             if error is not None:
@@ -482,12 +517,20 @@ class NodeAgent:
             object_id = arg.object_id
             key = (tenant, object_id)
             entry = self.objects.get(key)
-            if entry is None and arg.owner_node and arg.owner_node != self.node_id and (
-                arg.owner_node in self.nodes
+            if (
+                entry is None
+                and arg.owner_node
+                and arg.owner_node != self.node_id
+                and (arg.owner_node in self.nodes)
             ):
                 # A ref to an object on another node: a local copy, fetched when needed.
-                entry = ObjEntry(tenant=tenant, state=ObjState.UNKNOWN, location=arg.owner_node,
-                                 remote_owner=arg.owner_node, cache=True)
+                entry = ObjEntry(
+                    tenant=tenant,
+                    state=ObjState.UNKNOWN,
+                    location=arg.owner_node,
+                    remote_owner=arg.owner_node,
+                    cache=True,
+                )
                 self.objects[key] = entry
             if entry is None:
                 self._unpin_args(task)
@@ -509,8 +552,16 @@ class NodeAgent:
         views = [NodeView(self.node_id, self.region, self.total, free, True, self.labels)]
         for info in self.nodes.values():
             if info.node_id != self.node_id:
-                views.append(NodeView(info.node_id, info.region, dict(info.total),
-                                      self._remote_free(info), info.alive, dict(info.labels)))
+                views.append(
+                    NodeView(
+                        info.node_id,
+                        info.region,
+                        dict(info.total),
+                        self._remote_free(info),
+                        info.alive,
+                        dict(info.labels),
+                    )
+                )
         return views
 
     def _remote_free(self, info: pb.NodeInfo) -> dict[str, float]:
@@ -560,7 +611,9 @@ class NodeAgent:
             self._retry_placing_later()
         else:
             self._fail(task, _err(E.PLACEMENT_REFUSED, "; ".join(decision.reasons)))
-        if spec.kind == pb.ACTOR_CREATION and (decision.node_id or decision.outcome is Outcome.REFUSE):
+        if spec.kind == pb.ACTOR_CREATION and (
+            decision.node_id or decision.outcome is Outcome.REFUSE
+        ):
             # Calls made before placement follow the actor now that it has a place.
             self._actor_placed(spec.tenant, spec.actor_id, decision.node_id or "")
 
@@ -664,10 +717,14 @@ class NodeAgent:
             # Never queue work behind a running task while another node could start it.
             nonlocal peer_free
             if peer_free is None:
-                peer_free = [self._remote_free(n) for n in self.nodes.values()
-                             if n.node_id != self.node_id and n.alive]
+                peer_free = [
+                    self._remote_free(n)
+                    for n in self.nodes.values()
+                    if n.node_id != self.node_id and n.alive
+                ]
             return any(fits(shape, free) for free in peer_free)
 
+        worker: Worker | None
         for (tenant, shape), queue in self.queues.heads():
             idle = self.idle.get(tenant)
             while queue:
@@ -684,7 +741,9 @@ class NodeAgent:
                     if not idle:
                         # Free resources but no worker: start some rather than queue
                         # behind a running task that may take long.
-                        wanted[tenant] = wanted.get(tenant, 0) + how_many_fit(shape, spare, len(queue))
+                        wanted[tenant] = wanted.get(tenant, 0) + how_many_fit(
+                            shape, spare, len(queue)
+                        )
                         for name, amount in shape:
                             spare[name] = spare.get(name, 0.0) - amount * len(queue)
                         break
@@ -692,8 +751,10 @@ class NodeAgent:
                     for name, amount in shape:
                         spare[name] = spare.get(name, 0.0) - amount
                     self._lease(worker, shape)
-                elif peers_free(shape) or (worker := self._pipeline_target(tenant, shape)) is None:
-                    break
+                else:
+                    worker = None if peers_free(shape) else self._pipeline_target(tenant, shape)
+                    if worker is None:
+                        break
                 queue.popleft()
                 self.queues.uncommit(task)
                 self._execute(task, worker)
@@ -704,7 +765,8 @@ class NodeAgent:
         for tenant, count in wanted.items():
             pool = self.workers.get(tenant, [])
             starting = self.starting.get(tenant, 0) + sum(
-                1 for w in pool if w.state is WorkerState.STARTING)
+                1 for w in pool if w.state is WorkerState.STARTING
+            )
             # Workers blocked in get do not count: their tasks wait on queued ones, which
             # need workers of their own (a tree of nested tasks needs one per level).
             active = sum(1 for w in pool if not w.lent)
@@ -730,17 +792,23 @@ class NodeAgent:
     def _spill_queued(self) -> None:
         """Move queued tasks this node cannot start now to nodes the fresh view shows free:
         a burst that queued here while they were busy should not wait behind itself."""
-        others = [(n.node_id, self._remote_free(n)) for n in self.nodes.values()
-                  if n.node_id != self.node_id and n.alive]
+        others = [
+            (n.node_id, self._remote_free(n))
+            for n in self.nodes.values()
+            if n.node_id != self.node_id and n.alive
+        ]
         if not others:
             return
         # Tasks pipelined behind a running one that may take long: ask for them back if
         # a peer could start them now (they come back through `_blocked`).
         for pool in self.workers.values():
             for worker in pool:
-                if (len(worker.running) > 1 and worker.lease_shape is not None
-                        and not worker.reclaiming
-                        and any(fits(worker.lease_shape, free) for _, free in others)):
+                if (
+                    len(worker.running) > 1
+                    and worker.lease_shape is not None
+                    and not worker.reclaiming
+                    and any(fits(worker.lease_shape, free) for _, free in others)
+                ):
                     worker.reclaiming = True
                     worker.send(pb.ToWorker(reclaim=pb.Reclaim()))
         for (_, shape), queue in list(self.queues.heads()):
@@ -749,8 +817,9 @@ class NodeAgent:
                 task = queue[-1]
                 if task.spec.hops >= MAX_HOPS or task.state is not TaskState.WAITING:
                     break
-                target = next((n for n in others if n[0] != task.origin_node
-                               and fits(shape, n[1])), None)
+                target = next(
+                    (n for n in others if n[0] != task.origin_node and fits(shape, n[1])), None
+                )
                 if target is None:
                     break
                 queue.pop()
@@ -767,8 +836,12 @@ class NodeAgent:
         behind its current one: the next task is then on the worker when the current one
         ends, instead of a round trip later. Depth 2 bounds the wait behind a long task."""
         for worker in self.workers.get(tenant, ()):
-            if (worker.lease_shape == shape and worker.state is WorkerState.BUSY
-                    and len(worker.running) < PIPELINE_DEPTH and not worker.lent):
+            if (
+                worker.lease_shape == shape
+                and worker.state is WorkerState.BUSY
+                and len(worker.running) < PIPELINE_DEPTH
+                and not worker.lent
+            ):
                 return worker
         return None
 
@@ -833,10 +906,15 @@ class NodeAgent:
         # The worker needs the spec without its arguments (resolved ones go alongside).
         execute = pb.ExecuteTask(
             spec=pb.TaskSpec(
-                task_id=spec.task_id, kind=spec.kind, function_digest=spec.function_digest,
-                function_name=spec.function_name, num_returns=spec.num_returns,
-                actor_id=spec.actor_id, method_name=spec.method_name,
-                actor_options=spec.actor_options, job_id=spec.job_id,
+                task_id=spec.task_id,
+                kind=spec.kind,
+                function_digest=spec.function_digest,
+                function_name=spec.function_name,
+                num_returns=spec.num_returns,
+                actor_id=spec.actor_id,
+                method_name=spec.method_name,
+                actor_options=spec.actor_options,
+                job_id=spec.job_id,
             ),
             args=self._resolved_args(task),
         )
@@ -922,7 +1000,8 @@ class NodeAgent:
     def _worker_exited(self, worker: Worker) -> None:
         code = worker.process.returncode
         reason = worker.death_reason or (
-            f"worker process {worker.pid} died (signal {-code})" if code is not None and code < 0
+            f"worker process {worker.pid} died (signal {-code})"
+            if code is not None and code < 0
             else f"worker process {worker.pid} exited with code {code}"
         )
         session = self.sessions.get(worker.session_id)
@@ -950,8 +1029,10 @@ class NodeAgent:
                 self.queues.commit(task)
                 self.queues.push(task)
             else:
-                self._fail(task, _err(E.WORKER_CRASHED, f"{reason} while running "
-                                                         f"{task.spec.function_name}"))
+                self._fail(
+                    task,
+                    _err(E.WORKER_CRASHED, f"{reason} while running {task.spec.function_name}"),
+                )
         worker.running.clear()
         self._schedule_dispatch()
 
@@ -999,8 +1080,9 @@ class NodeAgent:
                 entry.error = _err(E.OBJECT_LOST, f"the task's result could not be stored: {e}")
             self._contain(entry, value.contained_ids)
             entry.state = ObjState.READY
-            location = pb.ObjectLocation(object_id=object_id, tenant=tenant,
-                                         contained_ids=value.contained_ids)
+            location = pb.ObjectLocation(
+                object_id=object_id, tenant=tenant, contained_ids=value.contained_ids
+            )
             if entry.inline is not None:
                 location.inline_blob = entry.inline
             elif entry.error is not None:
@@ -1040,8 +1122,12 @@ class NodeAgent:
         self.tasks.pop((tenant, task.task_id), None)
         self._unpin_args(task)
         if task.origin_node:
-            self.peers.send(task.origin_node, pb.PeerMessage(finished=pb.TaskFinished(
-                task_id=task.task_id, returns=locations, tenant=tenant)))
+            self.peers.send(
+                task.origin_node,
+                pb.PeerMessage(
+                    finished=pb.TaskFinished(task_id=task.task_id, returns=locations, tenant=tenant)
+                ),
+            )
         for location in locations:
             entry = self.objects.get((tenant, location.object_id))
             if entry is not None:
@@ -1053,15 +1139,24 @@ class NodeAgent:
         spec = task.spec
         actor = ActorEntry(creation=task, restarts_left=spec.actor_options.max_restarts)
         if (spec.tenant, spec.actor_id) in self.actors:
-            self._fail(task, _err(E.INVALID_REQUEST, f"actor id {spec.actor_id.hex()} is already in use"))
+            self._fail(
+                task, _err(E.INVALID_REQUEST, f"actor id {spec.actor_id.hex()} is already in use")
+            )
             return
         self.actors[(spec.tenant, spec.actor_id)] = actor
         actor.resources = dict(spec.resources)
         options = spec.actor_options
         if options.name:
-            info = pb.ActorInfo(actor_id=spec.actor_id, name=options.name, namespace=options.namespace,
-                                node_id=self.node_id, state="alive", class_name=options.class_name,
-                                handle_meta=options.handle_meta, tenant=spec.tenant)
+            info = pb.ActorInfo(
+                actor_id=spec.actor_id,
+                name=options.name,
+                namespace=options.namespace,
+                node_id=self.node_id,
+                state="alive",
+                class_name=options.class_name,
+                handle_meta=options.handle_meta,
+                tenant=spec.tenant,
+            )
             asyncio.get_running_loop().create_task(self.directory.register_actor(info))
         for name, amount in actor.resources.items():
             self.available[name] = self.available.get(name, 0.0) - amount
@@ -1073,8 +1168,10 @@ class NodeAgent:
         async def spawn() -> None:
             try:
                 worker = await self._spawn(actor.tenant, actor.creation.spec.actor_id)
-            except Exception as e:  # noqa: BLE001
-                self._actor_dead(actor, _err(E.ACTOR_DIED, f"could not start the actor's worker: {e}"))
+            except Exception as e:
+                self._actor_dead(
+                    actor, _err(E.ACTOR_DIED, f"could not start the actor's worker: {e}")
+                )
                 return
             if actor.state is ActorState.DEAD:
                 worker.kill()
@@ -1149,8 +1246,13 @@ class NodeAgent:
                     task.missing_args = 0
                     retry.append(task)
                 else:
-                    self._fail(task, _err(E.ACTOR_DIED, f"the actor died while running "
-                                                        f"{task.spec.method_name}: {reason}"))
+                    self._fail(
+                        task,
+                        _err(
+                            E.ACTOR_DIED,
+                            f"the actor died while running {task.spec.method_name}: {reason}",
+                        ),
+                    )
             actor.inflight.clear()
             actor.queued[:0] = retry
             log.info("restarting actor %s after: %s", actor.creation.spec.actor_id.hex(), reason)
@@ -1175,13 +1277,18 @@ class NodeAgent:
             self._fail(actor.creation, error)
         spec = actor.creation.spec
         if spec.actor_options.name:
-            asyncio.get_running_loop().create_task(self.directory.remove_actor(spec.tenant, spec.actor_id))
+            asyncio.get_running_loop().create_task(
+                self.directory.remove_actor(spec.tenant, spec.actor_id)
+            )
         self._schedule_dispatch()
 
     def _route_kill(self, kill: pb.KillActor, reason: str) -> None:
         key = (kill.tenant, kill.actor_id)
-        node = self.node_id if key in self.actors else (
-            self.actor_locations.get(key) or kill.actor_node or self.node_id)
+        node = (
+            self.node_id
+            if key in self.actors
+            else (self.actor_locations.get(key) or kill.actor_node or self.node_id)
+        )
         if node != self.node_id:
             self.peers.send(node, pb.PeerMessage(kill=kill))
             return
@@ -1199,8 +1306,16 @@ class NodeAgent:
         namespace = query.namespace or session.namespace
         info = await self.directory.lookup_actor(session.tenant, namespace, query.name)
         if info is None:
-            self._reply(session, request_id, pb.Reply(error=_err(
-                E.ACTOR_NOT_FOUND, f"no actor named {query.name!r} in namespace {namespace!r}")))
+            self._reply(
+                session,
+                request_id,
+                pb.Reply(
+                    error=_err(
+                        E.ACTOR_NOT_FOUND,
+                        f"no actor named {query.name!r} in namespace {namespace!r}",
+                    )
+                ),
+            )
         else:
             self._reply(session, request_id, pb.Reply(actor=info))
 
@@ -1253,20 +1368,33 @@ class NodeAgent:
         if problem is not None:
             # Answer the sender without touching entries that may stand under these ids.
             error = _err(E.INVALID_REQUEST, problem)
-            self.peers.send(from_node, pb.PeerMessage(finished=pb.TaskFinished(
-                task_id=spec.task_id, tenant=spec.tenant, returns=[
-                    pb.ObjectLocation(object_id=object_id, tenant=spec.tenant, error=error)
-                    for object_id in task.return_ids])))
+            self.peers.send(
+                from_node,
+                pb.PeerMessage(
+                    finished=pb.TaskFinished(
+                        task_id=spec.task_id,
+                        tenant=spec.tenant,
+                        returns=[
+                            pb.ObjectLocation(object_id=object_id, tenant=spec.tenant, error=error)
+                            for object_id in task.return_ids
+                        ],
+                    )
+                ),
+            )
             return
-        task.retries_left = spec.max_retries if spec.kind == pb.NORMAL_TASK else (
-            spec.actor_options.max_task_retries if spec.kind == pb.ACTOR_TASK else 0)
+        task.retries_left = (
+            spec.max_retries
+            if spec.kind == pb.NORMAL_TASK
+            else (spec.actor_options.max_task_retries if spec.kind == pb.ACTOR_TASK else 0)
+        )
         for object_id in task.return_ids:
             self.objects[(spec.tenant, object_id)] = ObjEntry(
-                tenant=spec.tenant, producer=spec.task_id, remote_owner=from_node)
+                tenant=spec.tenant, producer=spec.task_id, remote_owner=from_node
+            )
         self.tasks[(spec.tenant, spec.task_id)] = task
-        error = self._pin_args(task)
-        if error is not None:
-            self._fail(task, error)
+        bad_arg = self._pin_args(task)
+        if bad_arg is not None:
+            self._fail(task, bad_arg)
             return
         self._route(task)
 
@@ -1291,8 +1419,8 @@ class NodeAgent:
             entry.state = ObjState.READY
             locations.append(location)
         if task.spec.kind == pb.ACTOR_CREATION:
-            error = next((loc.error for loc in finished.returns if loc.HasField("error")), None)
-            if error is not None:
+            failed = any(loc.HasField("error") for loc in finished.returns)
+            if failed:
                 session = self.sessions.get(task.origin_session)
                 if session is not None:
                     session.owned_actors.pop(task.spec.actor_id, None)
@@ -1319,8 +1447,13 @@ class NodeAgent:
         if entry is None:
             return pb.ObjectLocation(object_id=object_id, tenant=tenant, error=_unknown(object_id))
         if not entry.local:
-            done = asyncio.get_running_loop().create_future()
-            entry.waiters.append(lambda: done.done() or done.set_result(None))
+            done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+            def ready() -> None:
+                if not done.done():
+                    done.set_result(None)
+
+            entry.waiters.append(ready)
             self._ensure_fetch(object_id, entry)
             await done
             entry = self.objects.get((tenant, object_id)) or entry

@@ -60,7 +60,7 @@ class AgentService(rpc.AgentServicer):
         self.node = node
         self.auth = auth
 
-    async def Session(  # noqa: N802 - gRPC method name
+    async def Session(
         self, request_iterator: AsyncIterator[pb.ClientBatch], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.ServerBatch]:
         identity = await self.auth.identity_async(context)
@@ -76,13 +76,19 @@ class AgentService(rpc.AgentServicer):
                     for message in batch.messages:
                         if session is None:
                             if message.WhichOneof("body") != "hello":
-                                log.warning("session from %s did not start with hello", identity.uri)
+                                log.warning(
+                                    "session from %s did not start with hello", identity.uri
+                                )
                                 return
-                            session = node.open_session(identity.name, message.hello.namespace,
-                                                        identity.uri, batcher.send)
-                            batcher.send(pb.ServerMessage(
-                                request_id=message.request_id,
-                                reply=pb.Reply(welcome=node.welcome(session))))
+                            session = node.open_session(
+                                identity.name, message.hello.namespace, identity.uri, batcher.send
+                            )
+                            batcher.send(
+                                pb.ServerMessage(
+                                    request_id=message.request_id,
+                                    reply=pb.Reply(welcome=node.welcome(session)),
+                                )
+                            )
                             continue
                         try:
                             node.handle_client(session, message)
@@ -122,7 +128,7 @@ class AgentService(rpc.AgentServicer):
             if session is not None:
                 node.close_session(session)
 
-    async def Peer(  # noqa: N802
+    async def Peer(
         self, request_iterator: AsyncIterator[pb.PeerBatch], context: grpc.aio.ServicerContext
     ) -> pb.PeerAck:
         identity = await self.auth.identity_async(context)
@@ -135,7 +141,7 @@ class AgentService(rpc.AgentServicer):
                     log.exception("error handling a peer message from %s", identity.uri)
         return pb.PeerAck()
 
-    async def FetchObject(  # noqa: N802
+    async def FetchObject(
         self, request: pb.FetchRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.ObjectChunk]:
         identity = await self.auth.identity_async(context)
@@ -157,8 +163,13 @@ class AgentService(rpc.AgentServicer):
 class PeerLinks:
     """Outbound streams to other agents, opened on first use, and object pulls."""
 
-    def __init__(self, node_id: str, creds: Credentials, store: ObjectStore,
-                 address_of: Callable[[str], str | None]) -> None:
+    def __init__(
+        self,
+        node_id: str,
+        creds: Credentials,
+        store: ObjectStore,
+        address_of: Callable[[str], str | None],
+    ) -> None:
         self.node_id = node_id
         self.creds = creds
         self.store = store
@@ -212,7 +223,9 @@ class PeerLinks:
         incoming = None
         parts: list[bytes] = []
         try:
-            async for chunk in stub.FetchObject(pb.FetchRequest(object_id=object_id, tenant=tenant)):
+            async for chunk in stub.FetchObject(
+                pb.FetchRequest(object_id=object_id, tenant=tenant)
+            ):
                 if chunk.HasField("error"):
                     location.error.CopyFrom(chunk.error)
                     return location
@@ -234,17 +247,18 @@ class PeerLinks:
 
     async def close(self) -> None:
         for channel in self._channels.values():
-            await channel.close()
+            await channel.close(None)
 
 
 class HeadLink:
     """The agent's connection to the head: registration, load reports, the cluster view,
     and the actor directory."""
 
-    def __init__(self, address: str, creds: Credentials, node: NodeAgent, listen_address: str) -> None:
+    node: NodeAgent  # set by attach(), before run()
+
+    def __init__(self, address: str, creds: Credentials, listen_address: str) -> None:
         self.channel = secure_aio_channel(address, creds)
         self.stub = rpc.HeadStub(self.channel)
-        self.node = node
         self.listen_address = listen_address
         self.changed = asyncio.Event()
         self.first_view = asyncio.Event()
@@ -252,8 +266,12 @@ class HeadLink:
 
     def _register(self) -> pb.RegisterNode:
         node = self.node
-        return pb.RegisterNode(address=self.listen_address, region=node.region,
-                               resources=node.total, labels=node.labels)
+        return pb.RegisterNode(
+            address=self.listen_address,
+            region=node.region,
+            resources=node.total,
+            labels=node.labels,
+        )
 
     async def _reports(self) -> AsyncIterator[pb.NodeReport]:
         yield pb.NodeReport(register=self._register())
@@ -266,8 +284,12 @@ class HeadLink:
                 pass
             self.changed.clear()
             info = self.node.node_info()
-            report = pb.NodeReport(available=info.available, running_tasks=info.running_tasks,
-                                   queued_tasks=info.queued_tasks, workers=info.workers)
+            report = pb.NodeReport(
+                available=info.available,
+                running_tasks=info.running_tasks,
+                queued_tasks=info.queued_tasks,
+                workers=info.workers,
+            )
             data = report.SerializeToString(deterministic=True)
             now = asyncio.get_running_loop().time()
             # Report changes, and an unchanged report now and then as a heartbeat.
@@ -299,21 +321,29 @@ class HeadLink:
         try:
             await self.stub.RegisterActor(pb.ActorRecord(info=info), timeout=10)
         except grpc.aio.AioRpcError as e:
-            kind = pb.ErrorInfo.INVALID_REQUEST if e.code() == grpc.StatusCode.ALREADY_EXISTS \
+            kind = (
+                pb.ErrorInfo.INVALID_REQUEST
+                if e.code() == grpc.StatusCode.ALREADY_EXISTS
                 else pb.ErrorInfo.SYSTEM
+            )
             return pb.ErrorInfo(kind=kind, message=e.details() or str(e.code()))
         return None
 
     async def remove_actor(self, tenant: str, actor_id: bytes) -> None:
         try:
-            await self.stub.RemoveActor(pb.LookupActor(tenant=tenant, actor_id=actor_id), timeout=10)
+            await self.stub.RemoveActor(
+                pb.LookupActor(tenant=tenant, actor_id=actor_id), timeout=10
+            )
         except grpc.aio.AioRpcError as e:
-            log.warning("could not remove actor %s from the directory: %s", actor_id.hex(), e.details())
+            log.warning(
+                "could not remove actor %s from the directory: %s", actor_id.hex(), e.details()
+            )
 
     async def lookup_actor(self, tenant: str, namespace: str, name: str) -> pb.ActorInfo | None:
         try:
             record = await self.stub.LookupActorByName(
-                pb.LookupActor(tenant=tenant, namespace=namespace, name=name), timeout=10)
+                pb.LookupActor(tenant=tenant, namespace=namespace, name=name), timeout=10
+            )
         except grpc.aio.AioRpcError as e:
             if e.code() == grpc.StatusCode.NOT_FOUND:
                 return None

@@ -149,15 +149,17 @@ class WorkerLauncher:
             "--region",
             self.region,
         ]
-        identity: dict[str, object] = {}
+        uid: int | None = None
+        gid: int | None = None
+        groups: list[int] | None = None
         env = None
         if self.tenant_owner is not None:
             uid, gid = self.tenant_owner(tenant)
-            identity = {"user": uid, "group": gid, "extra_groups": []}
+            groups = []
             env = {**os.environ, "HOME": str(store_dir)}
         stderr = None
         if self.log_dir is not None:
-            stderr = open(self.log_dir / f"worker-{tenant}-{worker_id}.log", "ab")  # noqa: SIM115
+            stderr = open(self.log_dir / f"worker-{tenant}-{worker_id}.log", "ab")
         try:
             process = subprocess.Popen(
                 argv,
@@ -168,7 +170,9 @@ class WorkerLauncher:
                 start_new_session=True,
                 close_fds=True,
                 env=env,
-                **identity,  # type: ignore[arg-type]
+                user=uid,
+                group=gid,
+                extra_groups=groups,
             )
         finally:
             child.close()
