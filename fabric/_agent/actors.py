@@ -1,0 +1,254 @@
+"""Actors on the node agent: creation and naming, routing calls to where the actor lives,
+the actors hosted here (their workers, call order, restarts, death) and kill."""
+
+from __future__ import annotations
+
+import asyncio
+
+from fabric._agent.base import MAX_ACTOR_HOPS, E, actor_gone, blob_error_summary, error_info, log
+from fabric._agent.dispatch import Dispatch
+from fabric._agent.state import (
+    ActorEntry,
+    ActorState,
+    Session,
+    TaskEntry,
+    TaskState,
+)
+from fabric._agent.workers import Worker
+from fabric._proto import fabric_pb2 as pb
+
+
+class Actors(Dispatch):
+    async def _create_actor(self, session: Session, task: TaskEntry, request_id: int) -> None:
+        spec = task.spec
+        options = spec.actor_options
+        if options.name:
+            options.namespace = options.namespace or session.namespace
+            info = pb.ActorInfo(
+                actor_id=spec.actor_id,
+                name=options.name,
+                namespace=options.namespace,
+                node_id="",
+                state="pending",
+                class_name=options.class_name,
+                handle_meta=options.handle_meta,
+                tenant=session.tenant,
+            )
+            error = await self.directory.register_actor(info)
+            if error is not None:
+                self._reply(session, request_id, pb.Reply(error=error))
+                session.owned_actors.pop(spec.actor_id, None)
+                self._fail(task, error)
+                self._actor_placed(spec.tenant, spec.actor_id, "")
+                return
+        self._reply(session, request_id, pb.Reply())
+        self._route(task)
+
+    def _route_actor_call(self, task: TaskEntry) -> None:
+        actor_id = task.spec.actor_id
+        key = (task.spec.tenant, actor_id)
+        if key in self.actors:
+            self._actor_call(task)
+            return
+        pending = self.actor_pending.get(key)
+        if pending is not None:
+            pending.append(task)  # the actor is not placed yet; keep submission order
+            return
+        node = self.actor_locations.get(key) or task.spec.actor_node
+        if node and node != self.node_id and task.spec.hops < MAX_ACTOR_HOPS:
+            self._forward(task, node)
+            return
+        self._fail(task, actor_gone(actor_id))
+
+    def _actor_placed(self, tenant: str, actor_id: bytes, node_id: str) -> None:
+        if node_id:
+            self.actor_locations[(tenant, actor_id)] = node_id
+        for task in self.actor_pending.pop((tenant, actor_id), []):
+            self._route_actor_call(task)
+
+    def _start_actor(self, task: TaskEntry) -> None:
+        spec = task.spec
+        actor = ActorEntry(creation=task, restarts_left=spec.actor_options.max_restarts)
+        if (spec.tenant, spec.actor_id) in self.actors:
+            self._fail(
+                task,
+                error_info(E.INVALID_REQUEST, f"actor id {spec.actor_id.hex()} is already in use"),
+            )
+            return
+        self.actors[(spec.tenant, spec.actor_id)] = actor
+        actor.resources = dict(spec.resources)
+        options = spec.actor_options
+        if options.name:
+            info = pb.ActorInfo(
+                actor_id=spec.actor_id,
+                name=options.name,
+                namespace=options.namespace,
+                node_id=self.node_id,
+                state="alive",
+                class_name=options.class_name,
+                handle_meta=options.handle_meta,
+                tenant=spec.tenant,
+            )
+            asyncio.get_running_loop().create_task(self.directory.register_actor(info))
+        for name, amount in actor.resources.items():
+            self.available[name] = self.available.get(name, 0.0) - amount
+        self._prepare_args(task, lambda: self._spawn_actor_worker(actor))
+        if task.missing_args == 0:
+            self._spawn_actor_worker(actor)
+
+    def _spawn_actor_worker(self, actor: ActorEntry) -> None:
+        async def spawn() -> None:
+            try:
+                worker = await self._spawn(actor.tenant, actor.creation.spec.actor_id)
+            except Exception as e:
+                self._actor_dead(
+                    actor, error_info(E.ACTOR_DIED, f"could not start the actor's worker: {e}")
+                )
+                return
+            if actor.state is ActorState.DEAD:
+                worker.kill()
+                return
+            actor.worker = worker
+
+        asyncio.get_running_loop().create_task(spawn())
+
+    def _actor_started(self, task: TaskEntry, result: pb.TaskResult) -> None:
+        actor = self.actors.get((task.spec.tenant, task.spec.actor_id))
+        if actor is None:
+            return
+        if result.is_error:
+            blob = result.returns[0].inline_blob if result.returns else b""
+            summary = blob_error_summary(blob)
+            actor.restarts_left = 0
+            self._actor_dead(
+                actor, error_info(E.ACTOR_DIED, f"the actor's constructor raised {summary}")
+            )
+            if actor.worker is not None:
+                actor.worker.kill()
+            return
+        first_start = actor.state is ActorState.STARTING
+        actor.state = ActorState.ALIVE
+        if first_start:
+            self._store_results(task, result)
+        self._pump_actor(actor)
+
+    def _actor_call(self, task: TaskEntry) -> None:
+        spec = task.spec
+        actor = self.actors.get((spec.tenant, spec.actor_id))
+        if actor is None:
+            self._fail(task, actor_gone(spec.actor_id))
+            return
+        if actor.state is ActorState.DEAD:
+            assert actor.death is not None
+            self._fail(task, actor.death)
+            return
+        task.state = TaskState.WAITING
+        actor.queued.append(task)
+        self._prepare_args(task, lambda: self._pump_actor(actor))
+        self._pump_actor(actor)
+
+    def _pump_actor(self, actor: ActorEntry) -> None:
+        """Send queued calls in submission order while their arguments are here."""
+        if actor.state is not ActorState.ALIVE or actor.worker is None:
+            return
+        while actor.queued and actor.queued[0].missing_args == 0:
+            task = actor.queued.pop(0)
+            if task.cancelled:
+                self._fail(task, error_info(E.TASK_CANCELLED, "the task was cancelled"))
+                continue
+            error = self._arg_error(task)
+            if error is not None:
+                self._fail(task, error)
+                continue
+            actor.inflight[task.task_id] = task
+            self._execute(task, actor.worker)
+
+    def _actor_worker_died(self, worker: Worker, reason: str) -> None:
+        actor = self.actors.get((worker.tenant, worker.actor_id))
+        if actor is None or actor.worker is not worker:
+            return
+        actor.worker = None
+        if actor.state is ActorState.DEAD:
+            return
+        if actor.restarts_left != 0 and actor.state is not ActorState.STARTING:
+            actor.restarts_left -= 1
+            actor.state = ActorState.RESTARTING
+            retry: list[TaskEntry] = []
+            for task in actor.inflight.values():
+                if task.retries_left != 0:
+                    task.retries_left -= 1
+                    task.missing_args = 0
+                    retry.append(task)
+                else:
+                    self._fail(
+                        task,
+                        error_info(
+                            E.ACTOR_DIED,
+                            f"the actor died while running {task.spec.method_name}: {reason}",
+                        ),
+                    )
+            actor.inflight.clear()
+            actor.queued[:0] = retry
+            log.info("restarting actor %s after: %s", actor.creation.spec.actor_id.hex(), reason)
+            self._spawn_actor_worker(actor)
+            return
+        self._actor_dead(actor, error_info(E.ACTOR_DIED, f"the actor died: {reason}"))
+
+    def _actor_dead(self, actor: ActorEntry, error: pb.ErrorInfo) -> None:
+        if actor.state is ActorState.DEAD:
+            return
+        first_start = actor.state is ActorState.STARTING
+        actor.state = ActorState.DEAD
+        actor.death = error
+        for task in [*actor.inflight.values(), *actor.queued]:
+            self._fail(task, error)
+        actor.inflight.clear()
+        actor.queued.clear()
+        for name, amount in actor.resources.items():
+            self.available[name] = self.available.get(name, 0.0) + amount
+        actor.resources = {}
+        if first_start:
+            self._fail(actor.creation, error)
+        spec = actor.creation.spec
+        if spec.actor_options.name:
+            asyncio.get_running_loop().create_task(
+                self.directory.remove_actor(spec.tenant, spec.actor_id)
+            )
+        self._schedule_dispatch()
+
+    def _route_kill(self, kill: pb.KillActor, reason: str) -> None:
+        key = (kill.tenant, kill.actor_id)
+        node = (
+            self.node_id
+            if key in self.actors
+            else (self.actor_locations.get(key) or kill.actor_node or self.node_id)
+        )
+        if node != self.node_id:
+            self.peers.send(node, pb.PeerMessage(kill=kill))
+            return
+        actor = self.actors.get(key)
+        if actor is None or actor.state is ActorState.DEAD:
+            return
+        if kill.no_restart:
+            actor.restarts_left = 0
+            self._actor_dead(actor, error_info(E.ACTOR_DIED, f"the actor was {reason}"))
+        if actor.worker is not None:
+            actor.worker.death_reason = reason
+            actor.worker.kill()
+
+    async def _get_actor(self, session: Session, request_id: int, query: pb.GetActor) -> None:
+        namespace = query.namespace or session.namespace
+        info = await self.directory.lookup_actor(session.tenant, namespace, query.name)
+        if info is None:
+            self._reply(
+                session,
+                request_id,
+                pb.Reply(
+                    error=error_info(
+                        E.ACTOR_NOT_FOUND,
+                        f"no actor named {query.name!r} in namespace {namespace!r}",
+                    )
+                ),
+            )
+        else:
+            self._reply(session, request_id, pb.Reply(actor=info))

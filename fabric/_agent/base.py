@@ -1,0 +1,150 @@
+"""What every layer of the node agent shares: its state, its collaborators' interfaces,
+the error values it answers with, and replies to sessions.
+
+The agent is one object on one asyncio loop (no locks: a handler runs to completion before
+the next message is looked at), built in layers by role: objects (`objects.py`), task
+placement and dispatch (`dispatch.py`), hosted actors (`actors.py`), and sessions and peers
+(`node.py`). Network and process I/O sit behind `Peers`, `Directory` and the worker launcher.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable
+from typing import Protocol
+
+from fabric._agent.scheduler import LocalQueues, Shape
+from fabric._agent.state import (
+    ActorEntry,
+    ObjEntry,
+    Session,
+    TaskEntry,
+)
+from fabric._agent.workers import Worker, WorkerLauncher
+from fabric._object_store import ObjectStore
+from fabric._proto import fabric_pb2 as pb
+from fabric._serialization import (
+    KIND_ERROR,
+    SerializationError,
+    read_header,
+)
+from fabric.policy import Decision
+
+log = logging.getLogger("fabric._agent.node")
+
+E = pb.ErrorInfo
+Key = tuple[str, bytes]  # (tenant, id)
+MAX_RETURNS = 10_000
+MAX_HOPS = 2
+MAX_ACTOR_HOPS = 3  # caller's node -> creator's node -> host
+PIPELINE_DEPTH = 2
+PLACING_RETRY = 0.1  # seconds
+SENT_MEMORY = 0.5  # seconds a forward counts against a peer's reported free resources
+MAX_WORKERS_PER_TENANT = 256  # a hard ceiling per node, blocked workers included
+
+
+class Peers(Protocol):
+    def send(self, node_id: str, message: pb.PeerMessage) -> None: ...
+
+    async def fetch(self, node_id: str, tenant: str, object_id: bytes) -> pb.ObjectLocation: ...
+
+
+class Directory(Protocol):
+    """The head's actor directory."""
+
+    async def register_actor(self, info: pb.ActorInfo) -> pb.ErrorInfo | None: ...
+
+    async def remove_actor(self, tenant: str, actor_id: bytes) -> None: ...
+
+    async def lookup_actor(self, tenant: str, namespace: str, name: str) -> pb.ActorInfo | None: ...
+
+
+def error_info(kind: pb.ErrorInfo.Kind, message: str) -> pb.ErrorInfo:
+    return pb.ErrorInfo(kind=kind, message=message)
+
+
+def actor_gone(actor_id: bytes) -> pb.ErrorInfo:
+    # Same words whether it died, never existed or is another tenant's.
+    return error_info(E.ACTOR_DIED, f"actor {actor_id.hex()} is not alive")
+
+
+def unknown_object(object_id: bytes) -> pb.ErrorInfo:
+    # The same words whether the object never existed, was freed or belongs to another
+    # tenant: a caller must not learn which.
+    return error_info(
+        E.UNKNOWN_OBJECT, f"ObjectRef({object_id.hex()}) is unknown (freed, or never yours)"
+    )
+
+
+def blob_error_summary(blob: bytes) -> str:
+    """The readable summary an error blob carries, without unpickling anything."""
+    try:
+        header = read_header(blob)
+        if header.kind != KIND_ERROR or not header.buffers:
+            return "error"
+        offset, length = header.buffers[0]
+        summary = json.loads(bytes(blob[offset : offset + length]))
+        return f"{summary.get('type')}: {summary.get('message')}"
+    except (SerializationError, ValueError, KeyError, TypeError):
+        return "error"
+
+
+class AgentBase:
+    def __init__(
+        self,
+        *,
+        node_id: str,
+        region: str,
+        labels: dict[str, str],
+        resources: dict[str, float],
+        store: ObjectStore,
+        launcher: WorkerLauncher,
+        peers: Peers,
+        directory: Directory,
+    ) -> None:
+        self.node_id = node_id
+        self.region = region
+        self.labels = labels
+        self.total = dict(resources)
+        self.available = dict(resources)
+        self.store = store
+        self.launcher = launcher
+        self.peers = peers
+        self.directory = directory
+        self.sessions: dict[int, Session] = {}
+        self._next_session = 0
+        # Every table is keyed by (tenant, id): an id another tenant knows, guesses or
+        # forges names nothing of ours, so it can neither reach nor squat our entries.
+        self.objects: dict[Key, ObjEntry] = {}
+        self.tasks: dict[Key, TaskEntry] = {}
+        self.queues = LocalQueues()  # placed here, not yet running
+        self.placing: list[TaskEntry] = []  # feasible only elsewhere, no capacity there now
+        self.idle: dict[str, list[Worker]] = {}  # tenant -> idle pool workers
+        self.functions: dict[tuple[str, bytes], bytes] = {}
+        self.workers: dict[str, list[Worker]] = {}  # tenant -> pool (not actors)
+        self.starting: dict[str, int] = {}
+        self.actors: dict[Key, ActorEntry] = {}  # hosted here
+        self.actor_locations: dict[Key, str] = {}  # actors created through this node
+        self.actor_pending: dict[Key, list[TaskEntry]] = {}  # calls before placement
+        self.sent: dict[str, list[tuple[float, Shape]]] = {}  # recent forwards per peer
+        self.nodes: dict[str, pb.NodeInfo] = {}
+        self.view_version = 0
+        self.max_workers_per_tenant = max(4, int(resources.get("CPU", 1)) * 4)
+        # Every placement decision is handed here before it is acted on (the audit seam).
+        self.on_decision: Callable[[Decision, pb.TaskSpec], None] | None = None
+        self.on_load_change: Callable[[], None] = lambda: None
+        self._dispatch_scheduled = False
+        self._placing_timer = False
+
+    def _reply(self, session: Session, request_id: int, reply: pb.Reply) -> None:
+        if request_id:
+            session.send(pb.ServerMessage(request_id=request_id, reply=reply))
+
+    def _reply_error(
+        self, session: Session, request_id: int, kind: pb.ErrorInfo.Kind, message: str
+    ) -> None:
+        if request_id:
+            self._reply(session, request_id, pb.Reply(error=error_info(kind, message)))
+        else:
+            log.warning("session %d (%s): %s", session.session_id, session.tenant, message)

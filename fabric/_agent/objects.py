@@ -1,0 +1,207 @@
+"""The node agent's object table: references, puts, subscriptions, pulls and frees."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterable
+
+from fabric._agent.base import AgentBase, E, error_info, log, unknown_object
+from fabric._agent.state import (
+    ObjEntry,
+    ObjState,
+    Session,
+)
+from fabric._object_store import ObjectStoreError
+from fabric._proto import fabric_pb2 as pb
+from fabric._serialization import (
+    read_header,
+)
+
+
+class ObjectTable(AgentBase):
+    def _owned_entry(self, session: Session, object_id: bytes) -> ObjEntry | None:
+        return self.objects.get((session.tenant, object_id))
+
+    def _ref_update(self, session: Session, update: pb.RefUpdate) -> None:
+        sid = session.session_id
+        for object_id in update.add:
+            entry = self._owned_entry(session, object_id)
+            if entry is not None:
+                entry.holders.add(sid)
+                session.held.add(object_id)
+        for object_id in update.release:
+            entry = self._owned_entry(session, object_id)
+            session.held.discard(object_id)
+            if entry is not None:
+                entry.holders.discard(sid)
+                entry.subscribers.discard(sid)
+                self._maybe_free(object_id, entry)
+
+    def _put(self, session: Session, put: pb.PutObject) -> None:
+        object_id = put.object_id
+        if len(object_id) != 20 or (session.tenant, object_id) in self.objects:
+            raise ObjectStoreError(f"invalid or duplicate object id {object_id.hex()}")
+        entry = ObjEntry(tenant=session.tenant, state=ObjState.READY)
+        if put.WhichOneof("value") == "inline_blob":
+            read_header(put.inline_blob)  # fail early on a malformed blob
+            entry.inline = put.inline_blob
+        else:
+            entry.stored_size = self.store.adopt(session.tenant, object_id, put.sealed_size)
+        entry.holders.add(session.session_id)
+        session.held.add(object_id)
+        self.objects[(session.tenant, object_id)] = entry
+        self._contain(entry, put.contained_ids)
+        self.on_load_change()
+
+    def _contain(self, entry: ObjEntry, contained: Iterable[bytes]) -> None:
+        for inner_id in contained:
+            inner = self.objects.get((entry.tenant, inner_id))
+            if inner is not None:
+                inner.pins += 1
+                entry.contained.append(inner_id)
+
+    def _subscribe(self, session: Session, object_id: bytes) -> None:
+        entry = self._owned_entry(session, object_id)
+        if entry is None:
+            session.send(
+                pb.ServerMessage(
+                    ready=pb.ObjectReady(object_id=object_id, error=unknown_object(object_id))
+                )
+            )
+            return
+        entry.holders.add(session.session_id)
+        session.held.add(object_id)
+        if entry.local:
+            self._push(session, object_id, entry)
+        else:
+            entry.subscribers.add(session.session_id)
+            self._ensure_fetch(object_id, entry)
+
+    def _push(self, session: Session, object_id: bytes, entry: ObjEntry) -> None:
+        ready = pb.ObjectReady(object_id=object_id)
+        if entry.error is not None:
+            ready.error.CopyFrom(entry.error)
+        elif entry.inline is not None:
+            ready.inline_blob = entry.inline
+        else:
+            ready.stored_size = entry.stored_size
+        session.send(pb.ServerMessage(ready=ready))
+
+    def _fetch_inline(self, session: Session, request_id: int, object_id: bytes) -> None:
+        entry = self._owned_entry(session, object_id)
+        if entry is None or not entry.local:
+            self._reply(session, request_id, pb.Reply(error=unknown_object(object_id)))
+            return
+        if entry.error is not None:
+            self._reply(session, request_id, pb.Reply(error=entry.error))
+            return
+        if entry.inline is not None:
+            blob = entry.inline
+        else:
+            blob = b"".join(bytes(c) for c in self.store.iter_chunks(entry.tenant, object_id))
+        self._reply(session, request_id, pb.Reply(inline_blob=blob))
+
+    def _object_ready(self, object_id: bytes, entry: ObjEntry) -> None:
+        waiters, entry.waiters = entry.waiters, []
+        for waiter in waiters:
+            waiter()
+        if entry.subscribers:
+            subscribers, entry.subscribers = entry.subscribers, set()
+            for sid in subscribers:
+                session = self.sessions.get(sid)
+                if session is not None:
+                    self._push(session, object_id, entry)
+        self._maybe_free(object_id, entry)
+
+    def _ensure_fetch(self, object_id: bytes, entry: ObjEntry) -> None:
+        """Pull an object that lives (or will live) on another node into this one."""
+        if entry.local or entry.fetching or not entry.location or entry.location == self.node_id:
+            return
+        if entry.state is ObjState.PENDING and not entry.location:
+            return
+        entry.fetching = True
+        asyncio.get_running_loop().create_task(self._fetch(object_id, entry))
+
+    async def _fetch(self, object_id: bytes, entry: ObjEntry) -> None:
+        try:
+            location = await self.peers.fetch(entry.location, entry.tenant, object_id)
+            self._fill(entry, object_id, location)
+        except Exception as e:
+            log.warning("fetching %s from %s failed: %s", object_id.hex(), entry.location, e)
+            entry.error = error_info(
+                E.OBJECT_LOST,
+                f"could not fetch ObjectRef({object_id.hex()}) from node {entry.location}: {e}",
+            )
+        entry.fetching = False
+        entry.state = ObjState.READY
+        self._object_ready(object_id, entry)
+
+    def _fill(self, entry: ObjEntry, object_id: bytes, location: pb.ObjectLocation) -> None:
+        which = location.WhichOneof("value")
+        if which == "inline_blob":
+            entry.inline = location.inline_blob
+        elif which == "error":
+            entry.error = location.error
+        elif which == "stored_size":
+            # Stored on this node by the peer fetch.
+            entry.stored_size = location.stored_size
+
+    def _maybe_free(self, object_id: bytes, entry: ObjEntry) -> None:
+        if entry.holders or entry.pins or entry.subscribers or entry.state is ObjState.PENDING:
+            return
+        if entry.remote_owner:
+            if entry.cache and not entry.fetching:
+                self._drop_copy(object_id, entry)  # nothing here uses it any more
+            return  # a copy of a result: its owner node decides when it goes
+        self._delete(object_id, entry)
+        for node in entry.copies | ({entry.location} if entry.location else set()):
+            if node != self.node_id:
+                self.peers.send(
+                    node,
+                    pb.PeerMessage(
+                        free=pb.ObjectLocation(object_id=object_id, tenant=entry.tenant)
+                    ),
+                )
+
+    def _drop_copy(self, object_id: bytes, entry: ObjEntry) -> None:
+        self.objects.pop((entry.tenant, object_id), None)
+        if entry.stored_size >= 0:
+            self.store.delete(entry.tenant, object_id)
+
+    def _delete(self, object_id: bytes, entry: ObjEntry) -> None:
+        self.objects.pop((entry.tenant, object_id), None)
+        if entry.stored_size >= 0:
+            self.store.delete(entry.tenant, object_id)
+        for inner_id in entry.contained:
+            inner = self.objects.get((entry.tenant, inner_id))
+            if inner is not None:
+                inner.pins -= 1
+                self._maybe_free(inner_id, inner)
+
+    async def serve_fetch(self, tenant: str, object_id: bytes, requester: str) -> pb.ObjectLocation:
+        """Another node wants an object we own or hold: wait until it is ready here."""
+        entry = self.objects.get((tenant, object_id))
+        if entry is None:
+            return pb.ObjectLocation(
+                object_id=object_id, tenant=tenant, error=unknown_object(object_id)
+            )
+        if not entry.local:
+            done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+            def ready() -> None:
+                if not done.done():
+                    done.set_result(None)
+
+            entry.waiters.append(ready)
+            self._ensure_fetch(object_id, entry)
+            await done
+            entry = self.objects.get((tenant, object_id)) or entry
+        entry.copies.add(requester)
+        location = pb.ObjectLocation(object_id=object_id, tenant=tenant)
+        if entry.error is not None:
+            location.error.CopyFrom(entry.error)
+        elif entry.inline is not None:
+            location.inline_blob = entry.inline
+        else:
+            location.stored_size = entry.stored_size
+        return location
