@@ -75,6 +75,8 @@ def driver_session(address: str, certs: Path) -> Iterator[fabric.RuntimeContext]
 def multihost(hosts3: Topology, tmp_path_factory: pytest.TempPathFactory) -> Iterator[MultiHost]:
     """Head in the root namespace, one agent per host, a driver connected to host-1."""
     base = tmp_path_factory.mktemp("multihost")
+    (base / "logs").mkdir()
+    (base / "run").mkdir()
     certs = base / "certs"
     ca = CertificateAuthority.create(certs)
     for kind, name in [("node", "head"), *(("node", n) for n in NODE_IDS), ("tenant", "default")]:

@@ -4,8 +4,8 @@ The driver connects to agent ``n1`` as ``tenant/default``. Every node carries a 
 named after it (``node:<id>``), so ``.options(resources={"node:n3": 1})`` pins work to
 ``n3``; tasks report where they ran through the runtime context.
 
-These modules own their driver session: a driver session that another module opened
-(the session-scoped ``cluster`` fixture) is set aside while they run and put back after.
+This module opens its own driver sessions: a session that another module opened (the
+session-scoped ``cluster`` fixture) is set aside while they are open and put back after.
 """
 
 from __future__ import annotations
@@ -95,7 +95,8 @@ def wait_for_full_view() -> None:
 def cluster3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
     """Head and agents n1, n2, n3 (2 CPUs each); the driver is connected to n1.
 
-    Its directory (certificates, logs) is kept with pytest's temporary directories."""
+    Its directory (certificates, logs) is kept with pytest's temporary directories.
+    """
     with (
         LocalCluster(node_specs(), base_dir=tmp_path_factory.mktemp("cluster3")) as cluster,
         driver_session(cluster.agent_addresses["n1"], cluster.certs_dir),
@@ -355,26 +356,29 @@ def test_nodes_and_cluster_resources(cluster3: LocalCluster) -> None:
 
 
 def test_work_can_be_pinned_to_any_node_as_soon_as_the_cluster_is_ready(tmp_path: Path) -> None:
-    """Once LocalCluster.start() returns, the driver's node can place work on every node.
+    """Once LocalCluster.start() returns, every node can place work on every other node.
 
-    The window in which a node's view may still miss a peer is short, so this starts a
-    few fresh clusters and submits right away on each.
+    The driver connects to the agent that became ready first (the one whose view of the
+    others is the oldest) and at once pins work to the others. The window in which a view
+    may still miss a peer is short, so this is repeated on a few fresh clusters.
     """
     for attempt in range(1, FRESH_CLUSTERS + 1):
-        with (
-            LocalCluster(node_specs(), base_dir=tmp_path / f"cluster-{attempt}") as cluster,
-            driver_session(cluster.agent_addresses["n1"], cluster.certs_dir),
-        ):
-            refs = {node: where.options(resources=pinned(node)).remote() for node in ("n3", "n2")}
-            seen = sorted(n["NodeID"] for n in fabric.nodes())
-            ran: dict[str, str] = {}
-            for node, ref in refs.items():
-                try:
-                    ran[node] = fabric.get(ref, timeout=GET_TIMEOUT)
-                except PlacementRefusedError as e:
-                    ran[node] = f"refused: {e}"
-            assert ran == {"n3": "n3", "n2": "n2"}, (
-                f"fresh cluster {attempt}/{FRESH_CLUSTERS}; n1 listed {seen} just after the submits"
+        with LocalCluster(node_specs(), base_dir=tmp_path / f"cluster-{attempt}") as cluster:
+            first, *others = sorted(
+                REGIONS, key=lambda n: (cluster.base_dir / "run" / f"{n}.json").stat().st_mtime_ns
+            )
+            with driver_session(cluster.agent_addresses[first], cluster.certs_dir):
+                refs = {n: where.options(resources=pinned(n)).remote() for n in reversed(others)}
+                seen = sorted(n["NodeID"] for n in fabric.nodes())
+                ran: dict[str, str] = {}
+                for node, ref in refs.items():
+                    try:
+                        ran[node] = fabric.get(ref, timeout=GET_TIMEOUT)
+                    except PlacementRefusedError as e:
+                        ran[node] = f"refused: {e}"
+            assert ran == {node: node for node in others}, (
+                f"fresh cluster {attempt}/{FRESH_CLUSTERS}: the driver's node {first} "
+                f"listed {seen} just after the submits"
             )
 
 

@@ -28,11 +28,8 @@ import psutil
 import pytest
 
 import fabric
-from fabric import _state
 from fabric._client import CoreClient
 from fabric._cluster import LocalCluster, NodeSpec
-from fabric._driver import connect
-from fabric._pki import Credentials
 from fabric._proto import fabric_pb2 as pb
 from fabric._refs import ObjectRef
 from fabric._serialization import (
@@ -44,7 +41,7 @@ from fabric._serialization import (
     serialize,
 )
 from fabric.exceptions import InvalidRequestError, UnknownObjectError
-from tests.conftest import wait_for
+from tests.sessions import acting_as, tenant_session, wait_until_every_agent_sees_every_node
 
 TIMEOUT = 10.0
 NODES = [
@@ -58,6 +55,13 @@ ON_NODE_2 = {"far": 1.0}
 # ----------------------------------------------------------------------------- fixtures
 
 
+@contextlib.contextmanager
+def session(cluster: LocalCluster, tenant: str, node: str = "node-1") -> Iterator[CoreClient]:
+    """A session of `tenant` that is also the process's client meanwhile."""
+    with tenant_session(cluster, tenant, node) as client, acting_as(client):
+        yield client
+
+
 @pytest.fixture(scope="module")
 def payload_cluster() -> Iterator[LocalCluster]:
     cluster = LocalCluster(NODES, tenants=("alice", "mallory"))
@@ -67,45 +71,6 @@ def payload_cluster() -> Iterator[LocalCluster]:
         yield cluster
     finally:
         cluster.stop()
-
-
-@contextlib.contextmanager
-def acting_as(client: CoreClient) -> Iterator[CoreClient]:
-    """Make `client` the process's client for the public API, then restore the previous one."""
-    previous = _state.client
-    _state.client = client
-    try:
-        yield client
-    finally:
-        _state.client = previous
-
-
-@contextlib.contextmanager
-def session(cluster: LocalCluster, tenant: str, node: str = "node-1") -> Iterator[CoreClient]:
-    creds = Credentials.load(cluster.tenant_credentials(tenant))
-    client = connect(cluster.agent_addresses[node], creds, timeout=TIMEOUT)
-    try:
-        with acting_as(client):
-            yield client
-    finally:
-        client.closed_reason = "closed by the test"
-        client.transport.close()
-
-
-def wait_until_every_agent_sees_every_node(cluster: LocalCluster, tenant: str) -> None:
-    """An agent is ready once it has a first view of the cluster, which may predate the
-    other agents joining; tasks meant for another node need that node in the view."""
-    everyone = set(cluster.agent_addresses)
-    for node in cluster.agent_addresses:
-        with session(cluster, tenant, node) as client:
-            wait_for(lambda: alive_nodes(client) == everyone, what=f"{node} to see every node")
-
-
-def alive_nodes(client: CoreClient) -> set[str]:
-    """The nodes alive in the view of `client`'s agent."""
-    request = pb.ClientMessage(cluster_info=pb.ClusterInfoRequest())
-    view = client.request(request, timeout=TIMEOUT).cluster
-    return {info.node_id for info in view.nodes if info.alive}
 
 
 @pytest.fixture

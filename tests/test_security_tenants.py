@@ -13,7 +13,6 @@ never starts or stops an embedded cluster and leaves ``fabric`` as it found it.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import os
 import pickle
@@ -31,8 +30,6 @@ from fabric import _state
 from fabric._agent.isolation import DISABLE_ENV, separate_uids_unavailable, tenant_uid
 from fabric._client import CoreClient
 from fabric._cluster import LocalCluster, NodeSpec
-from fabric._driver import connect
-from fabric._pki import Credentials
 from fabric._proto import fabric_pb2 as pb
 from fabric._refs import ObjectRef
 from fabric._remote import ActorHandle
@@ -44,6 +41,8 @@ from fabric.exceptions import (
     UnknownObjectError,
 )
 from tests.conftest import wait_for
+from tests.sessions import acting_as, wait_until_every_agent_sees_every_node
+from tests.sessions import tenant_session as session
 
 TIMEOUT = 10.0
 NODES = [
@@ -69,33 +68,6 @@ def tenants_cluster() -> Iterator[LocalCluster]:
         cluster.stop()
 
 
-@contextlib.contextmanager
-def session(cluster: LocalCluster, tenant: str, node: str = "node-1") -> Iterator[CoreClient]:
-    creds = Credentials.load(cluster.tenant_credentials(tenant))
-    client = connect(cluster.agent_addresses[node], creds, timeout=TIMEOUT)
-    try:
-        yield client
-    finally:
-        client.closed_reason = "closed by the test"
-        client.transport.close()
-
-
-def wait_until_every_agent_sees_every_node(cluster: LocalCluster, tenant: str) -> None:
-    """An agent is ready once it has a first view of the cluster, which may predate the
-    other agents joining; tasks meant for another node need that node in the view."""
-    everyone = set(cluster.agent_addresses)
-    for node in cluster.agent_addresses:
-        with session(cluster, tenant, node) as client:
-            wait_for(lambda: alive_nodes(client) == everyone, what=f"{node} to see every node")
-
-
-def alive_nodes(client: CoreClient) -> set[str]:
-    """The nodes alive in the view of `client`'s agent."""
-    request = pb.ClientMessage(cluster_info=pb.ClusterInfoRequest())
-    view = client.request(request, timeout=TIMEOUT).cluster
-    return {info.node_id for info in view.nodes if info.alive}
-
-
 @pytest.fixture
 def alice(tenants_cluster: LocalCluster) -> Iterator[CoreClient]:
     with session(tenants_cluster, "alice") as client:
@@ -106,17 +78,6 @@ def alice(tenants_cluster: LocalCluster) -> Iterator[CoreClient]:
 def bob(tenants_cluster: LocalCluster) -> Iterator[CoreClient]:
     with session(tenants_cluster, "bob") as client:
         yield client
-
-
-@contextlib.contextmanager
-def acting_as(client: CoreClient) -> Iterator[CoreClient]:
-    """Make `client` the process's client for the public API, then restore the previous one."""
-    previous = _state.client
-    _state.client = client
-    try:
-        yield client
-    finally:
-        _state.client = previous
 
 
 @pytest.fixture

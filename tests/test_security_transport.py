@@ -26,7 +26,6 @@ import grpc
 import pytest
 
 import fabric
-from fabric import _state
 from fabric._client import CoreClient
 from fabric._cluster import LocalCluster, NodeSpec
 from fabric._driver import connect
@@ -36,6 +35,7 @@ from fabric._proto import fabric_pb2_grpc as rpc
 from fabric._tls import secure_channel
 from fabric.exceptions import ConnectionLostError
 from tests.conftest import wait_for
+from tests.sessions import acting_as
 
 TIMEOUT = 10.0
 SPIFFE = "spiffe://fabric.local"
@@ -79,17 +79,6 @@ def extra_certs(tmp_path: Path) -> Path:
 @fabric.remote
 def ping() -> str:
     return "pong"
-
-
-@contextlib.contextmanager
-def acting_as(client: CoreClient) -> Iterator[CoreClient]:
-    """Make `client` the process's client for the public API, then restore the previous one."""
-    previous = _state.client
-    _state.client = client
-    try:
-        yield client
-    finally:
-        _state.client = previous
 
 
 @contextlib.contextmanager
