@@ -64,13 +64,18 @@ def node_specs() -> list[NodeSpec]:
 
 
 @contextlib.contextmanager
-def driver_session(address: str, certs: Path) -> Iterator[fabric.RuntimeContext]:
+def driver_session(
+    address: str, certs: Path, *, collect: bool = True
+) -> Iterator[fabric.RuntimeContext]:
     """Connect this process to the agent at `address` as tenant/default; disconnect after.
 
     A session opened elsewhere in this process (and the embedded cluster behind it) is
     kept aside meanwhile and restored afterwards, so other modules are not disturbed.
+    `collect=False` skips the garbage collection before connecting, for a caller that
+    collected already and must connect at once.
     """
-    gc.collect()  # refs of the previous session release themselves to that session
+    if collect:
+        gc.collect()  # refs of the previous session release themselves to that session
     saved = (_state.client, _api._cluster)
     _state.client, _api._cluster = None, None
     try:
@@ -363,11 +368,12 @@ def test_work_can_be_pinned_to_any_node_as_soon_as_the_cluster_is_ready(tmp_path
     may still miss a peer is short, so this is repeated on a few fresh clusters.
     """
     for attempt in range(1, FRESH_CLUSTERS + 1):
+        gc.collect()
         with LocalCluster(node_specs(), base_dir=tmp_path / f"cluster-{attempt}") as cluster:
             first, *others = sorted(
                 REGIONS, key=lambda n: (cluster.base_dir / "run" / f"{n}.json").stat().st_mtime_ns
             )
-            with driver_session(cluster.agent_addresses[first], cluster.certs_dir):
+            with driver_session(cluster.agent_addresses[first], cluster.certs_dir, collect=False):
                 refs = {n: where.options(resources=pinned(n)).remote() for n in reversed(others)}
                 seen = sorted(n["NodeID"] for n in fabric.nodes())
                 ran: dict[str, str] = {}

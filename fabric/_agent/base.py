@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from collections.abc import Callable
 from typing import Protocol
 
@@ -41,6 +42,7 @@ MAX_ACTOR_HOPS = 3  # caller's node -> creator's node -> host
 PIPELINE_DEPTH = 2
 PLACING_RETRY = 0.1  # seconds
 SENT_MEMORY = 0.5  # seconds a forward counts against a peer's reported free resources
+JOIN_GRACE = 3.0  # seconds after the view last grew during which refusals wait
 MAX_WORKERS_PER_TENANT = 256  # a hard ceiling per node, blocked workers included
 
 
@@ -136,6 +138,9 @@ class AgentBase:
         self.on_load_change: Callable[[], None] = lambda: None
         self._dispatch_scheduled = False
         self._placing_timer = False
+        # Until then, a request no node in the view can run waits for nodes still joining
+        # instead of being refused (see Dispatch._route); update_cluster extends it.
+        self.joining_until = time.monotonic() + JOIN_GRACE
 
     def _reply(self, session: Session, request_id: int, reply: pb.Reply) -> None:
         if request_id:

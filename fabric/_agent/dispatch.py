@@ -158,6 +158,13 @@ class Dispatch(ObjectTable):
             task.state = TaskState.PLACING
             self.placing.append(task)
             self._retry_placing_later()
+        elif time.monotonic() < self.joining_until:
+            # Refused by a view that may not list every node yet (this agent, or the
+            # cluster, just started): ask again until the joining window has passed.
+            task.state = TaskState.PLACING
+            self.placing.append(task)
+            self._retry_placing_later()
+            return
         else:
             self._fail(task, error_info(E.PLACEMENT_REFUSED, "; ".join(decision.reasons)))
         if spec.kind == pb.ACTOR_CREATION and (

@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
 from collections.abc import Callable
 
 from fabric._agent.actors import Actors
 from fabric._agent.base import (
+    JOIN_GRACE,
     MAX_RETURNS,
     E,
     error_info,
@@ -315,6 +317,9 @@ class NodeAgent(Actors):
 
     def update_cluster(self, info: pb.ClusterInfo) -> None:
         gone = set(self.nodes) - {n.node_id for n in info.nodes}
+        if {n.node_id for n in info.nodes} - set(self.nodes):
+            # A node joined: others may be joining too; give refusals a moment longer.
+            self.joining_until = max(self.joining_until, time.monotonic() + JOIN_GRACE)
         self.nodes = {n.node_id: n for n in info.nodes}
         self.view_version = info.version
         if self.placing:
