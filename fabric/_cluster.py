@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 
+from fabric._object_store import default_store_root
 from fabric._pki import CertificateAuthority, CredentialPaths
 from fabric.exceptions import FabricError
 
@@ -152,8 +153,10 @@ def agent_command(
     resources: Mapping[str, float],
     labels: Mapping[str, str],
     ready_file: Path,
+    store_root: Path | None = None,
 ) -> list[str]:
     """The command line of a node agent process (``python -m fabric._agent ...``)."""
+    extra = ["--store-root", str(store_root)] if store_root is not None else []
     return [
         sys.executable,
         "-m",
@@ -174,6 +177,7 @@ def agent_command(
         json.dumps(dict(labels), sort_keys=True),
         "--ready-file",
         str(ready_file),
+        *extra,
     ]
 
 
@@ -427,6 +431,7 @@ class LocalCluster:
         tenants: Sequence[str] = ("default",),
         host: str = "127.0.0.1",
     ) -> None:
+        self._store_root: Path | None = None
         self.nodes: tuple[NodeSpec, ...] = (
             tuple(nodes) if nodes is not None else tuple(_default_nodes())
         )
@@ -574,6 +579,11 @@ class LocalCluster:
         self._issue(ca, "operator", OPERATOR_NAME)
 
         self.head_address = wait_ready([head], timeout, since=since)[HEAD_NAME].address
+        # The agents' stores live under one shared-memory directory of ours, so that stop()
+        # reclaims them even from agents that were killed and could not clean up.
+        root = tempfile.mkdtemp(prefix="fabric-cluster-", dir=default_store_root())
+        os.chmod(root, 0o711)  # workers under their tenant's uid reach their own store by name
+        self._store_root = Path(root)
         for spec in self.nodes:
             cmd = agent_command(
                 self.head_address,
@@ -584,6 +594,7 @@ class LocalCluster:
                 spec.resources,
                 spec.labels,
                 self._ready_path(spec.node_id),
+                self._store_root,
             )
             release(agents[spec.node_id], cmd, lifeline=True)
         ready = wait_ready(agents.values(), timeout, since=since)
@@ -617,6 +628,8 @@ class LocalCluster:
         if HEAD_NAME in self.processes:
             procs.append(self.processes[HEAD_NAME])
         terminate(procs)
+        if self._store_root is not None:
+            shutil.rmtree(self._store_root, ignore_errors=True)
         if self._owns_base_dir and self._base_dir is not None:
             shutil.rmtree(self._base_dir, ignore_errors=True)
 
