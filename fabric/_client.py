@@ -395,11 +395,6 @@ class CoreClient:
             (ready if r.binary() in ready_ids and len(ready) < num_returns else rest).append(r)
         return ready, rest
 
-    def is_ready(self, object_id: bytes) -> bool:
-        with self._lock:
-            obj = self._objects.get(object_id)
-            return obj is None or obj.ready
-
 
 def _task_error(payload: ErrorPayload) -> BaseException:
     error = payload.exc

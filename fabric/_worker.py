@@ -77,7 +77,6 @@ class Worker:
         self.blobs: dict[bytes, bytes] = {}  # function bodies by digest, as received
         self.tasks: queue.SimpleQueue[pb.ExecuteTask | None] = queue.SimpleQueue()
         self.actor: Any = None
-        self.actor_class_name = ""
         self.main_task_id = b""  # the task running on the main thread, for cancellation
         self.cancelled: set[bytes] = set()
         self.pool: ThreadPoolExecutor | None = None
@@ -198,7 +197,6 @@ class Worker:
             return self._load(spec)(*args, **kwargs)
         if spec.kind == pb.ACTOR_CREATION:
             cls = self._load(spec)
-            self.actor_class_name = getattr(cls, "__name__", "actor")
             self.client.current_actor_id = spec.actor_id
             self.actor = cls(*args, **kwargs)
             self._setup_concurrency(cls, spec.actor_options.max_concurrency)

@@ -138,10 +138,6 @@ class OutOfMemoryError(FabricError):
 ObjectStoreFullError = OutOfMemoryError
 
 
-class RemoteFunctionUsageError(FabricError, TypeError):
-    """A remote function or actor was used the wrong way."""
-
-
 class PlacementRefusedError(FabricError):
     """No node may ever run the request (its resources or the policy rule it out)."""
 

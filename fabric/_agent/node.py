@@ -164,7 +164,7 @@ class NodeAgent(Actors):
             else (spec.actor_options.max_task_retries if spec.kind == pb.ACTOR_TASK else 0)
         )
         for object_id in task.return_ids:
-            entry = ObjEntry(tenant=tenant, producer=spec.task_id)
+            entry = ObjEntry(tenant=tenant)
             entry.holders.add(session.session_id)
             entry.subscribers.add(session.session_id)
             session.held.add(object_id)
@@ -263,7 +263,7 @@ class NodeAgent(Actors):
         )
         for object_id in task.return_ids:
             self.objects[(spec.tenant, object_id)] = ObjEntry(
-                tenant=spec.tenant, producer=spec.task_id, remote_owner=from_node
+                tenant=spec.tenant, remote_owner=from_node
             )
         self.tasks[(spec.tenant, spec.task_id)] = task
         bad_arg = self._pin_args(task)

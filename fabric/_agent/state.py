@@ -34,7 +34,6 @@ class ObjEntry:
     copies: set[str] = field(default_factory=set)  # nodes that fetched a copy
     waiters: list[Callable[[], None]] = field(default_factory=list)
     subscribers: set[int] = field(default_factory=set)
-    producer: bytes = b""  # task id, for cancel
     fetching: bool = False
     cache: bool = False  # a copy pulled for a local use: dropped when nothing here uses it
 
