@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
-import signal
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -20,17 +19,15 @@ from fabric._launch import (
     add_credential_args,
     fail,
     load_credentials,
+    secure_server,
     setup_logging,
+    until_terminated,
     write_ready_file,
 )
 from fabric._proto import fabric_pb2 as pb
 from fabric._proto import fabric_pb2_grpc as rpc
 from fabric._tls import (
-    SERVER_OPTIONS,
     PeerAuthenticator,
-    RevocationList,
-    auth_aio_server_interceptor,
-    server_credentials,
 )
 from fabric.exceptions import FabricError
 
@@ -199,27 +196,12 @@ class HeadService(rpc.HeadServicer):
 
 async def serve(args: argparse.Namespace) -> None:
     creds = load_credentials(args.certs, args.identity)
-    auth = PeerAuthenticator(
-        creds, RevocationList(creds.crl_path, creds.ca_pem) if creds.crl_path else None
-    )
-    server = grpc.aio.server(
-        interceptors=[auth_aio_server_interceptor(auth, ALLOWED_KINDS)], options=SERVER_OPTIONS
-    )
-    service = HeadService(auth)
-    rpc.add_HeadServicer_to_server(service, server)
-    host, _, port = args.listen.rpartition(":")
-    bound = server.add_secure_port(f"{host}:{port}", server_credentials(creds))
-    if bound == 0:
-        fail(f"cannot listen on {args.listen}")
+    server, auth, address = secure_server(args.listen, creds, ALLOWED_KINDS)
+    rpc.add_HeadServicer_to_server(HeadService(auth), server)
     await server.start()
-    address = f"{host}:{bound}"
     write_ready_file(args.ready_file, address=address, node_id=creds.identity.name)
     log.info("head serving on %s", address)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
+    await until_terminated()
     await server.stop(grace=0.5)
 
 

@@ -3,14 +3,26 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import logging
 import os
+import signal
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import grpc
+
 from fabric._pki import CredentialPaths, Credentials
+from fabric._tls import (
+    SERVER_OPTIONS,
+    PeerAuthenticator,
+    RevocationList,
+    auth_aio_server_interceptor,
+    server_credentials,
+)
 
 
 def add_credential_args(parser: argparse.ArgumentParser) -> None:
@@ -63,3 +75,29 @@ def setup_logging(name: str) -> None:
 def fail(message: str) -> None:
     print(f"fabric: error: {message}", file=sys.stderr)
     raise SystemExit(1)
+
+
+def secure_server(
+    listen: str, creds: Credentials, allowed_kinds: Mapping[str, frozenset[str]]
+) -> tuple[grpc.aio.Server, PeerAuthenticator, str]:
+    """An aio gRPC server on `listen` (HOST:PORT, port 0 for any) that authenticates every
+    call by its client certificate; returns it unstarted, its authenticator, its address."""
+    revocations = RevocationList(creds.crl_path, creds.ca_pem) if creds.crl_path else None
+    auth = PeerAuthenticator(creds, revocations)
+    server = grpc.aio.server(
+        interceptors=[auth_aio_server_interceptor(auth, allowed_kinds)], options=SERVER_OPTIONS
+    )
+    host, _, port = listen.rpartition(":")
+    bound = server.add_secure_port(f"{host}:{port}", server_credentials(creds))
+    if bound == 0:
+        fail(f"cannot listen on {listen}")
+    return server, auth, f"{host}:{bound}"
+
+
+async def until_terminated() -> None:
+    """Return on SIGTERM or SIGINT."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()

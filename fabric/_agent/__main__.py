@@ -8,10 +8,7 @@ import json
 import logging
 import os
 import secrets
-import signal
 from pathlib import Path
-
-import grpc
 
 from fabric._agent.isolation import separate_uids_unavailable, tenant_uid
 from fabric._agent.node import NodeAgent
@@ -21,18 +18,13 @@ from fabric._launch import (
     add_credential_args,
     fail,
     load_credentials,
+    secure_server,
     setup_logging,
+    until_terminated,
     write_ready_file,
 )
 from fabric._object_store import ObjectStore, default_store_root
 from fabric._proto import fabric_pb2_grpc as rpc
-from fabric._tls import (
-    SERVER_OPTIONS,
-    PeerAuthenticator,
-    RevocationList,
-    auth_aio_server_interceptor,
-    server_credentials,
-)
 from fabric.exceptions import FabricError
 
 log = logging.getLogger("fabric.agent")
@@ -89,17 +81,7 @@ async def serve(args: argparse.Namespace) -> None:
     # Marks the store as this node's, so a co-located client knows it may map it.
     (store_root / f".node-{node_id}").touch()
 
-    auth = PeerAuthenticator(
-        creds, RevocationList(creds.crl_path, creds.ca_pem) if creds.crl_path else None
-    )
-    server = grpc.aio.server(
-        interceptors=[auth_aio_server_interceptor(auth, ALLOWED_KINDS)], options=SERVER_OPTIONS
-    )
-    host, _, port = args.listen.rpartition(":")
-    bound = server.add_secure_port(f"{host}:{port}", server_credentials(creds))
-    if bound == 0:
-        fail(f"cannot listen on {args.listen}")
-    address = f"{host}:{bound}"
+    server, auth, address = secure_server(args.listen, creds, ALLOWED_KINDS)
 
     node: NodeAgent
     head = HeadLink(args.head, creds, address)
@@ -135,11 +117,7 @@ async def serve(args: argparse.Namespace) -> None:
         "agent %s serving on %s (region %s, resources %s)", node_id, address, args.region, resources
     )
 
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
+    await until_terminated()
     log.info("agent %s stopping", node_id)
     node.shutdown()
     head_task.cancel()
