@@ -11,11 +11,13 @@ import secrets
 from pathlib import Path
 
 from fabric._agent.isolation import separate_uids_unavailable, tenant_uid
+from fabric._agent.local import serve_local
 from fabric._agent.node import NodeAgent
 from fabric._agent.service import ALLOWED_KINDS, AgentService, HeadLink, PeerLinks
 from fabric._agent.workers import WorkerLauncher
 from fabric._launch import (
     add_credential_args,
+    credential_paths,
     fail,
     load_credentials,
     secure_server,
@@ -106,6 +108,10 @@ async def serve(args: argparse.Namespace) -> None:
     node.on_load_change = head.changed.set
     rpc.add_AgentServicer_to_server(AgentService(node, auth), server)
     await server.start()
+    # Drivers on this host may move their session to the local channel.
+    local_path = store_root / "agent.sock"
+    local = await serve_local(node, auth, local_path, credential_paths(args.certs, args.identity))
+    node.local_socket = str(local_path)
 
     head_task = asyncio.get_running_loop().create_task(head.run())
     try:
@@ -121,6 +127,7 @@ async def serve(args: argparse.Namespace) -> None:
     log.info("agent %s stopping", node_id)
     node.shutdown()
     head_task.cancel()
+    local.close()
     await server.stop(grace=0.5)
     await peers.close()
     store.close()

@@ -138,6 +138,7 @@ class AgentBase:
         self.on_load_change: Callable[[], None] = lambda: None
         self._dispatch_scheduled = False
         self._placing_timer = False
+        self.local_socket = ""  # set when the local channel serves
         # Until then, a request no node in the view can run waits for nodes still joining
         # instead of being refused (see Dispatch._route); update_cluster extends it.
         self.joining_until = time.monotonic() + JOIN_GRACE

@@ -68,6 +68,7 @@ class NodeAgent(Actors):
             store_path=str(directory.directory),
             namespace=session.namespace,
             region=self.region,
+            local_socket=self.local_socket,
         )
 
     def close_session(self, session: Session) -> None:

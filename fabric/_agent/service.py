@@ -9,11 +9,12 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator, Callable
-from typing import Any
 
 import grpc
 
+from fabric._agent.batching import Batcher
 from fabric._agent.node import NodeAgent
+from fabric._agent.sessions import REAUTH_INTERVAL, DriverSession
 from fabric._object_store import ObjectStore
 from fabric._pki import Credentials
 from fabric._proto import fabric_pb2 as pb
@@ -25,34 +26,12 @@ log = logging.getLogger(__name__)
 
 CHUNK_SIZE = 4 << 20
 HEARTBEAT_INTERVAL = 1.0
-REAUTH_INTERVAL = 1.0  # seconds between certificate re-checks of an open session
 
 ALLOWED_KINDS = {
     "/fabric.v1.Agent/Session": frozenset({"tenant"}),
     "/fabric.v1.Agent/Peer": frozenset({"node"}),
     "/fabric.v1.Agent/FetchObject": frozenset({"node"}),
 }
-
-
-class Batcher:
-    """Collects messages produced while one event is handled and hands them over as one
-    batch on the next loop turn: one HTTP/2 frame instead of one per message."""
-
-    def __init__(self, make_batch: Callable[[list[Any]], Any], put: Callable[[Any], None]) -> None:
-        self._pending: list[Any] = []
-        self._make_batch = make_batch
-        self._put = put
-        self._loop = asyncio.get_running_loop()
-
-    def send(self, message: Any) -> None:
-        self._pending.append(message)
-        if len(self._pending) == 1:
-            self._loop.call_soon(self._flush)
-
-    def _flush(self) -> None:
-        if self._pending:
-            pending, self._pending = self._pending, []
-            self._put(self._make_batch(pending))
 
 
 class AgentService(rpc.AgentServicer):
@@ -65,35 +44,13 @@ class AgentService(rpc.AgentServicer):
     ) -> AsyncIterator[pb.ServerBatch]:
         identity = await self.auth.identity_async(context)
         out: asyncio.Queue[pb.ServerBatch | PeerAuthenticationError | None] = asyncio.Queue()
-        batcher = Batcher(lambda ms: pb.ServerBatch(messages=ms), out.put_nowait)
-        node = self.node
-        session = None
+        session = DriverSession(self.node, identity, out.put_nowait)
 
         async def read() -> None:
-            nonlocal session
             try:
                 async for batch in request_iterator:
-                    for message in batch.messages:
-                        if session is None:
-                            if message.WhichOneof("body") != "hello":
-                                log.warning(
-                                    "session from %s did not start with hello", identity.uri
-                                )
-                                return
-                            session = node.open_session(
-                                identity.name, message.hello.namespace, identity.uri, batcher.send
-                            )
-                            batcher.send(
-                                pb.ServerMessage(
-                                    request_id=message.request_id,
-                                    reply=pb.Reply(welcome=node.welcome(session)),
-                                )
-                            )
-                            continue
-                        try:
-                            node.handle_client(session, message)
-                        except Exception:
-                            log.exception("error handling a message from %s", identity.uri)
+                    if not session.receive(batch):
+                        return
             except (grpc.aio.AioRpcError, asyncio.CancelledError):
                 pass
             finally:
@@ -125,8 +82,7 @@ class AgentService(rpc.AgentServicer):
         finally:
             reader.cancel()
             watchdog.cancel()
-            if session is not None:
-                node.close_session(session)
+            session.close()
 
     async def Peer(
         self, request_iterator: AsyncIterator[pb.PeerBatch], context: grpc.aio.ServicerContext

@@ -144,20 +144,22 @@ class Hello(_message.Message):
     def __init__(self, namespace: _Optional[str] = ..., host_token: _Optional[str] = ...) -> None: ...
 
 class Welcome(_message.Message):
-    __slots__ = ("node_id", "tenant", "job_id", "store_path", "namespace", "region")
+    __slots__ = ("node_id", "tenant", "job_id", "store_path", "namespace", "region", "local_socket")
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     TENANT_FIELD_NUMBER: _ClassVar[int]
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     STORE_PATH_FIELD_NUMBER: _ClassVar[int]
     NAMESPACE_FIELD_NUMBER: _ClassVar[int]
     REGION_FIELD_NUMBER: _ClassVar[int]
+    LOCAL_SOCKET_FIELD_NUMBER: _ClassVar[int]
     node_id: str
     tenant: str
     job_id: bytes
     store_path: str
     namespace: str
     region: str
-    def __init__(self, node_id: _Optional[str] = ..., tenant: _Optional[str] = ..., job_id: _Optional[bytes] = ..., store_path: _Optional[str] = ..., namespace: _Optional[str] = ..., region: _Optional[str] = ...) -> None: ...
+    local_socket: str
+    def __init__(self, node_id: _Optional[str] = ..., tenant: _Optional[str] = ..., job_id: _Optional[bytes] = ..., store_path: _Optional[str] = ..., namespace: _Optional[str] = ..., region: _Optional[str] = ..., local_socket: _Optional[str] = ...) -> None: ...
 
 class Subscribe(_message.Message):
     __slots__ = ("object_ids",)
