@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 from fabric import _state
 from fabric._client import CoreClient
-from fabric._cluster import LocalCluster
+from fabric._cluster import LocalCluster, NodeSpec
 from fabric._driver import connect
 from fabric._pki import Credentials
 from fabric._proto import fabric_pb2 as pb
@@ -55,3 +55,15 @@ def wait_until_every_agent_sees_every_node(cluster: LocalCluster, tenant: str) -
     for node in cluster.agent_addresses:
         with tenant_session(cluster, tenant, node) as client:
             wait_for(lambda: alive_nodes(client) == everyone, what=f"{node} to see every node")
+
+
+@contextlib.contextmanager
+def started_cluster(nodes: Sequence[NodeSpec], tenants: Sequence[str]) -> Iterator[LocalCluster]:
+    """A running cluster for `tenants` whose agents all see every node."""
+    cluster = LocalCluster(nodes, tenants=tenants)
+    cluster.start()
+    try:
+        wait_until_every_agent_sees_every_node(cluster, tenants[-1])
+        yield cluster
+    finally:
+        cluster.stop()

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import gc
-import hashlib
 import ipaddress
 import socket
 import subprocess
@@ -27,12 +26,12 @@ from fabric import _api, _state
 from fabric._cluster import Launch, agent_command, head_command, spawn, terminate, wait_ready
 from fabric._pki import CertificateAuthority
 from tests.netns import Host, Topology, netns_topology, wait_until
+from tests.test_multinode import big_array, digest
 
 REGIONS = ("eu-west", "eu-central", "us-east")
 NODE_IDS = ("host-1", "host-2", "host-3")
 CPUS_PER_NODE = 2
 NODE_RESOURCE_AMOUNT = 1000.0
-BIG_ELEMENTS = 8 * 1024 * 1024  # float64: 64 MiB
 START_TIMEOUT = 60.0
 GET_TIMEOUT = 60.0
 
@@ -157,14 +156,6 @@ def where(candidates: list[str]) -> dict[str, Any]:
                 continue
             local.append(address)
     return {"node": fabric.get_runtime_context().get_node_id(), "local": local}
-
-
-def big_array(seed: int) -> np.ndarray:
-    return np.random.default_rng(seed).random(BIG_ELEMENTS)
-
-
-def digest(array: np.ndarray) -> str:
-    return hashlib.sha256(np.ascontiguousarray(array).tobytes()).hexdigest()
 
 
 @fabric.remote

@@ -41,7 +41,7 @@ from fabric._serialization import (
     serialize,
 )
 from fabric.exceptions import InvalidRequestError, UnknownObjectError
-from tests.sessions import acting_as, tenant_session, wait_until_every_agent_sees_every_node
+from tests.sessions import acting_as, started_cluster, tenant_session
 
 TIMEOUT = 10.0
 NODES = [
@@ -64,13 +64,8 @@ def session(cluster: LocalCluster, tenant: str, node: str = "node-1") -> Iterato
 
 @pytest.fixture(scope="module")
 def payload_cluster() -> Iterator[LocalCluster]:
-    cluster = LocalCluster(NODES, tenants=("alice", "mallory"))
-    cluster.start()
-    try:
-        wait_until_every_agent_sees_every_node(cluster, "mallory")
+    with started_cluster(NODES, ("alice", "mallory")) as cluster:
         yield cluster
-    finally:
-        cluster.stop()
 
 
 @pytest.fixture

@@ -41,7 +41,7 @@ from fabric.exceptions import (
     UnknownObjectError,
 )
 from tests.conftest import wait_for
-from tests.sessions import acting_as, wait_until_every_agent_sees_every_node
+from tests.sessions import acting_as, started_cluster
 from tests.sessions import tenant_session as session
 
 TIMEOUT = 10.0
@@ -59,13 +59,8 @@ SECRET = "alice's secret"
 
 @pytest.fixture(scope="module")
 def tenants_cluster() -> Iterator[LocalCluster]:
-    cluster = LocalCluster(NODES, tenants=("alice", "bob"))
-    cluster.start()
-    try:
-        wait_until_every_agent_sees_every_node(cluster, "bob")
+    with started_cluster(NODES, ("alice", "bob")) as cluster:
         yield cluster
-    finally:
-        cluster.stop()
 
 
 @pytest.fixture

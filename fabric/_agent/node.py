@@ -159,11 +159,6 @@ class NodeAgent(Actors):
                 )
             return
         task = TaskEntry(spec, origin_session=session.session_id)
-        task.retries_left = (
-            spec.max_retries
-            if spec.kind == pb.NORMAL_TASK
-            else (spec.actor_options.max_task_retries if spec.kind == pb.ACTOR_TASK else 0)
-        )
         for object_id in task.return_ids:
             entry = ObjEntry(tenant=tenant)
             entry.holders.add(session.session_id)
@@ -257,11 +252,6 @@ class NodeAgent(Actors):
                 ),
             )
             return
-        task.retries_left = (
-            spec.max_retries
-            if spec.kind == pb.NORMAL_TASK
-            else (spec.actor_options.max_task_retries if spec.kind == pb.ACTOR_TASK else 0)
-        )
         for object_id in task.return_ids:
             self.objects[(spec.tenant, object_id)] = ObjEntry(
                 tenant=spec.tenant, remote_owner=from_node

@@ -66,6 +66,14 @@ class TaskEntry:
     cancelled: bool = False
     remote_node: str = ""
 
+    def __post_init__(self) -> None:
+        # Crashes this task may survive: its own retries, or its actor's for a call.
+        spec = self.spec
+        if spec.kind == pb.NORMAL_TASK:
+            self.retries_left = spec.max_retries
+        elif spec.kind == pb.ACTOR_TASK:
+            self.retries_left = spec.actor_options.max_task_retries
+
     @property
     def task_id(self) -> bytes:
         return self.spec.task_id
