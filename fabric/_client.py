@@ -58,12 +58,13 @@ class Transport(Protocol):
 class _Object:
     """This process's view of one object it holds a reference to."""
 
-    __slots__ = ("error", "event", "inline", "ready", "stored_size", "subscribed")
+    __slots__ = ("error", "events", "inline", "ready", "stored_size", "subscribed")
 
     def __init__(self, subscribed: bool) -> None:
         self.ready = False
         self.subscribed = subscribed
-        self.event: threading.Event | None = None
+        # Whoever waits for it (a get, a wait): all are woken when it becomes ready.
+        self.events: list[threading.Event] = []
         self.inline: bytes | None = None
         self.stored_size = 0
         self.error: pb.ErrorInfo | None = None
@@ -149,8 +150,8 @@ class CoreClient:
                 else:
                     obj.error = ready.error
                 obj.ready = True
-                event = obj.event
-            if event is not None:
+                events, obj.events = obj.events, []
+            for event in events:
                 event.set()
         elif which == "reply":
             pending = self._requests.pop(message.request_id, None)
@@ -162,7 +163,7 @@ class CoreClient:
         """The session ended: wake every waiter with the reason."""
         self.closed_reason = reason
         with self._lock:
-            events = [o.event for o in self._objects.values() if o.event is not None]
+            events = [e for o in self._objects.values() for e in o.events]
             pending = list(self._requests.values())
             self._requests.clear()
         for event in events:
@@ -306,9 +307,8 @@ class CoreClient:
             obj = self._objects.get(object_id)
             if obj is None or obj.ready:
                 return True
-            if obj.event is None:
-                obj.event = threading.Event()
-            event = obj.event
+            event = threading.Event()
+            obj.events.append(event)
         while True:
             remaining = None if deadline is None else deadline - time.monotonic()
             if remaining is not None and remaining <= 0:
@@ -379,8 +379,8 @@ class CoreClient:
                     # One shared event: any arrival re-checks the set.
                     for r in refs:
                         o = self._objects.get(r.binary())
-                        if o is not None and not o.ready:
-                            o.event = event
+                        if o is not None and not o.ready and event not in o.events:
+                            o.events.append(event)
             if len(ready_ids) >= num_returns:
                 break
             remaining = None if deadline is None else deadline - time.monotonic()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -210,3 +211,29 @@ def tree(depth: int, fan: int) -> int:
 def test_nested_task_trees_do_not_deadlock_a_small_node() -> None:
     assert fabric.get(tree.remote(3, 3), timeout=120) == 27
     assert fabric.get([tree.remote(2, 4) for _ in range(4)], timeout=120) == [16] * 4
+
+
+def test_get_and_wait_on_one_ref_from_two_threads_both_wake(tmp_path: Path) -> None:
+    import threading
+
+    gate = tmp_path / "go"
+
+    @fabric.remote
+    def after(path: str) -> int:
+        import time
+
+        while not os.path.exists(path):
+            time.sleep(0.01)
+        return 7
+
+    ref = after.remote(str(gate))
+    got: list[int] = []
+    getter = threading.Thread(target=lambda: got.append(fabric.get(ref, timeout=60)))
+    getter.start()
+    ready, _ = fabric.wait([ref], timeout=0.2)  # registers its own waiter meanwhile
+    assert ready == []
+    gate.touch()
+    ready, _ = fabric.wait([ref], timeout=60)
+    # The getter must be woken by the same arrival, not by its own 60 s deadline.
+    getter.join(timeout=10)
+    assert ready == [ref] and got == [7]
