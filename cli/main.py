@@ -31,6 +31,7 @@ COMMAND_MODULES: list[str] = [
     "fabric.cli._status",
     "fabric.cli._certs",
     "fabric.cli._demo",
+    "fabric.cli._policy",
 ]
 
 

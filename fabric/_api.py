@@ -157,9 +157,11 @@ def _client() -> CoreClient:
 # ---------------------------------------------------------------------------- objects
 
 
-def put(value: Any) -> ObjectRef:
-    """Store `value` in the object store; returns its reference."""
-    return client_for_submit().put(value)
+def put(value: Any, *, residency: str | None = None) -> ObjectRef:
+    """Store `value` in the object store; returns its reference. `residency` names where it
+    may live (a data class of the tenant, a jurisdiction, a region, or "any"); by default the
+    tenant's default residency, narrowed, inside a task, by what the task read."""
+    return client_for_submit().put(value, residency)
 
 
 @overload

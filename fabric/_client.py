@@ -40,6 +40,8 @@ _ERRORS: dict[int, type[exc.FabricError]] = {
     pb.ErrorInfo.ACTOR_UNAVAILABLE: exc.ActorUnavailableError,
     pb.ErrorInfo.ACTOR_NOT_FOUND: exc.ActorNotFoundError,
     pb.ErrorInfo.INVALID_REQUEST: exc.InvalidRequestError,
+    pb.ErrorInfo.RESIDENCY_REFUSED: exc.ResidencyError,
+    pb.ErrorInfo.QUOTA_EXCEEDED: exc.QuotaExceededError,
 }
 
 
@@ -86,6 +88,9 @@ class CoreClient:
         self.job_id = welcome.job_id
         self.namespace = welcome.namespace
         self.region = welcome.region
+        # Why the agent refuses puts under the tenant's default residency, if it does.
+        self.put_refusal = welcome.put_refusal
+        self.policy_version = welcome.policy_version
         self.is_worker = is_worker
         self.store: StoreDirectory | None = None
         if welcome.store_path and _shares_host(Path(welcome.store_path), welcome.node_id):
@@ -246,18 +251,24 @@ class CoreClient:
         except Exception as e:
             raise TypeError(f"could not serialize {describe()}: {type(e).__name__}: {e}") from e
 
-    def put(self, value: Any) -> ObjectRef:
+    def put(self, value: Any, residency: str | None = None) -> ObjectRef:
         if isinstance(value, ObjectRef):
             raise TypeError("put() of an ObjectRef is not allowed: pass the ref itself")
+        if residency is not None and (not isinstance(residency, str) or not residency):
+            raise ValueError(f"residency must be a non-empty string, got {residency!r}")
+        if residency is None and self.put_refusal:
+            raise exc.ResidencyError(self.put_refusal)
         serialized = self.serialize_arg(
             value, lambda: f"the value passed to put() ({type(value).__name__})"
         )
         object_id = os.urandom(16) + b"\0\0\0\0"
         ref = self.owned_ref(object_id)
-        self._put_serialized(object_id, serialized)
+        self._put_serialized(object_id, serialized, residency or "")
         return ref
 
-    def _put_serialized(self, object_id: bytes, serialized: Serialized) -> None:
+    def _put_serialized(
+        self, object_id: bytes, serialized: Serialized, residency: str = ""
+    ) -> None:
         self._check_open()
         contained = list(serialized.contained_refs)
         if serialized.total_size > INLINE_THRESHOLD and self.store is not None:
@@ -268,6 +279,7 @@ class CoreClient:
             blob = serialized.to_bytes()
             message = pb.PutObject(object_id=object_id, inline_blob=blob, contained_ids=contained)
             stored = False
+        message.residency_label = residency
         with self._lock:
             obj = self._objects.get(object_id)
             if obj is None:
@@ -277,7 +289,16 @@ class CoreClient:
             else:
                 obj.inline = message.inline_blob
             obj.ready = True
-        self.transport.send(pb.ClientMessage(put=message))
+        if not residency:
+            self.transport.send(pb.ClientMessage(put=message))
+            return
+        # A residency the agent may refuse: wait for its answer, so that put() raises.
+        try:
+            self.request(pb.ClientMessage(put=message), timeout=60)
+        except exc.FabricError:
+            with self._lock:
+                self._objects.pop(object_id, None)
+            raise
 
     # -- get and wait ------------------------------------------------------------------------
 

@@ -123,7 +123,11 @@ class Launch:
 
 
 def head_command(
-    listen: str, certs: Path, ready_file: Path, state_dir: Path | None = None
+    listen: str,
+    certs: Path,
+    ready_file: Path,
+    state_dir: Path | None = None,
+    policy: Path | None = None,
 ) -> list[str]:
     """The command line of a head process (``python -m fabric._head ...``)."""
     cmd = [
@@ -141,6 +145,8 @@ def head_command(
     ]
     if state_dir is not None:
         cmd += ["--state-dir", str(state_dir)]
+    if policy is not None:
+        cmd += ["--policy", str(policy)]
     return cmd
 
 
@@ -430,7 +436,10 @@ class LocalCluster:
         base_dir: Path | None = None,
         tenants: Sequence[str] = ("default",),
         host: str = "127.0.0.1",
+        policy: Path | str | None = None,
     ) -> None:
+        # A tenancy policy YAML the head starts under; None: the open default policy.
+        self.policy = Path(policy) if policy is not None else None
         self._store_root: Path | None = None
         self.nodes: tuple[NodeSpec, ...] = (
             tuple(nodes) if nodes is not None else tuple(_default_nodes())
@@ -553,6 +562,7 @@ class LocalCluster:
                 self.certs_dir,
                 self._ready_path(HEAD_NAME),
                 state_dir=self.base_dir / HEAD_NAME,
+                policy=self.policy,
             ),
             lifeline=True,
         )

@@ -26,7 +26,7 @@ from fabric._pki import SERVER_NAME, Credentials
 from fabric._proto import fabric_pb2 as pb
 from fabric._proto import fabric_pb2_grpc as rpc
 from fabric._tls import secure_channel
-from fabric.exceptions import ConnectionLostError
+from fabric.exceptions import ConnectionLostError, PermissionDeniedError
 
 MAX_BATCH = 4096
 FRAME = struct.Struct("<I")
@@ -45,6 +45,7 @@ class _Transport:
         self._welcomed = threading.Event()
         self._attached = threading.Event()
         self._error: str | None = None
+        self._refused: str | None = None
 
     def send(self, message: pb.ClientMessage) -> None:
         self._queue.put(message)
@@ -74,7 +75,11 @@ class _Transport:
                 continue
             client = self._client
             if client is None:
-                if message.reply.HasField("welcome"):
+                if message.reply.HasField("error"):
+                    # The agent refused the session (e.g. not a tenant of its policy).
+                    self._refused = message.reply.error.message
+                    self._welcomed.set()
+                elif message.reply.HasField("welcome"):
                     self._welcome = message.reply.welcome
                     self._welcomed.set()
                     # The agent sends nothing before the welcome, and nothing the client
@@ -93,6 +98,8 @@ class _Transport:
         self.send(pb.ClientMessage(request_id=1, hello=pb.Hello(namespace=namespace)))
         if not self._welcomed.wait(timeout) or self._welcome is None:
             self.close()
+            if self._refused is not None:
+                raise PermissionDeniedError(self._refused)
             raise ConnectionLostError(
                 self._error or f"no answer from the node agent at {self.where} within {timeout:g} s"
             )

@@ -10,11 +10,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import grpc
 
+from fabric._agent.node import only_own
 from fabric._launch import (
     add_credential_args,
     fail,
@@ -24,12 +26,16 @@ from fabric._launch import (
     until_terminated,
     write_ready_file,
 )
+from fabric._pki import Credentials
+from fabric._policy_bundle import sign_policy
 from fabric._proto import fabric_pb2 as pb
 from fabric._proto import fabric_pb2_grpc as rpc
 from fabric._tls import (
     PeerAuthenticator,
 )
 from fabric.exceptions import FabricError
+from fabric.policy import PolicyError, load_policy, load_policy_text
+from fabric.policy._model import OPEN_POLICY, Policy, canonical_json
 
 log = logging.getLogger("fabric.head")
 
@@ -39,6 +45,8 @@ ALLOWED_KINDS = {
     "/fabric.v1.Head/RemoveActor": frozenset({"node"}),
     "/fabric.v1.Head/LookupActorByName": frozenset({"node"}),
     "/fabric.v1.Head/Status": frozenset({"node", "tenant", "operator"}),
+    "/fabric.v1.Head/ApplyPolicy": frozenset({"operator"}),
+    "/fabric.v1.Head/GetPolicy": frozenset({"node", "tenant", "operator"}),
 }
 
 BROADCAST_INTERVAL = 0.05
@@ -70,17 +78,21 @@ class ClusterDirectory:
         node = self.nodes.get(node_id)
         if node is None:
             return
-        if dict(node.available) == dict(report.available) and (
-            node.running_tasks,
-            node.queued_tasks,
-            node.workers,
-        ) == (report.running_tasks, report.queued_tasks, report.workers):
+        if (
+            dict(node.available) == dict(report.available)
+            and (node.running_tasks, node.queued_tasks, node.workers)
+            == (report.running_tasks, report.queued_tasks, report.workers)
+            and dict(node.tenant_load) == dict(report.tenant_load)
+        ):
             return  # a heartbeat: nothing to broadcast
         node.available.clear()
         node.available.update(report.available)
         node.running_tasks = report.running_tasks
         node.queued_tasks = report.queued_tasks
         node.workers = report.workers
+        node.tenant_load.clear()
+        for tenant, load in report.tenant_load.items():
+            node.tenant_load[tenant].CopyFrom(load)
         self.version += 1
 
     def leave(self, node_id: str) -> None:
@@ -119,10 +131,30 @@ class ClusterDirectory:
 
 
 class HeadService(rpc.HeadServicer):
-    def __init__(self, auth: PeerAuthenticator) -> None:
+    def __init__(
+        self,
+        auth: PeerAuthenticator,
+        creds: Credentials,
+        policy: Policy = OPEN_POLICY,
+        state_dir: Path | None = None,
+    ) -> None:
         self.auth = auth
+        self.creds = creds
         self.directory = ClusterDirectory()
         self.changed = asyncio.Event()
+        self.state_dir = state_dir
+        self.policy = policy
+        self.signed = sign_policy(policy, creds)
+
+    def _claim_problem(self, policy: Policy, node_id: str, region: str) -> str | None:
+        allowed = policy.claimable_regions(f"node/{node_id}")
+        if allowed is None or region in allowed:
+            return None
+        may = ", ".join(sorted(allowed)) or "no region"
+        return (
+            f"node {node_id} may not claim region {region!r} under policy {policy.version} "
+            f"(it may claim: {may}) [rule node.region-claim]"
+        )
 
     async def NodeStream(
         self, request_iterator: AsyncIterator[pb.NodeReport], context: grpc.aio.ServicerContext
@@ -132,6 +164,10 @@ class HeadService(rpc.HeadServicer):
         first = await request_iterator.__anext__()  # type: ignore[attr-defined]
         if not first.HasField("register"):
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "the first report must register")
+        problem = self._claim_problem(self.policy, node_id, first.register.region)
+        if problem is not None:
+            log.warning("refusing node %s: %s", node_id, problem)
+            await context.abort(grpc.StatusCode.PERMISSION_DENIED, problem)
         self.directory.join(node_id, first.register, identity.uri)
         log.info(
             "node %s joined from %s (region %s)",
@@ -149,10 +185,15 @@ class HeadService(rpc.HeadServicer):
         reader = asyncio.get_running_loop().create_task(reports())
         try:
             sent = -1
+            sent_policy = ""
             while not reader.done():
                 if self.directory.version != sent:
                     sent = self.directory.version
-                    yield self.directory.view()
+                    view = self.directory.view()
+                    if self.signed.version != sent_policy:
+                        sent_policy = self.signed.version
+                        view.policy.CopyFrom(self.signed)
+                    yield view
                 self.changed.clear()
                 wait = asyncio.get_running_loop().create_task(self.changed.wait())
                 await asyncio.wait({wait, reader}, return_when=asyncio.FIRST_COMPLETED)
@@ -190,17 +231,95 @@ class HeadService(rpc.HeadServicer):
         return pb.ActorRecord(info=info)
 
     async def Status(self, request: pb.Empty, context: grpc.aio.ServicerContext) -> pb.ClusterInfo:
-        await self.auth.identity_async(context)
-        return self.directory.view()
+        identity = await self.auth.identity_async(context)
+        view = self.directory.view()
+        if identity.kind == "tenant":
+            tenant = self.policy.tenant_of(f"tenant/{identity.name}")
+            for node in view.nodes:
+                only_own(node, tenant.name if tenant is not None else "")
+        return view
+
+    async def ApplyPolicy(
+        self, request: pb.PolicyRequest, context: grpc.aio.ServicerContext
+    ) -> pb.SignedPolicy:
+        identity = await self.auth.identity_async(context)
+        who = f"{identity.kind}/{identity.name}"
+        if self.policy.role(who) != "operator":
+            await context.abort(
+                grpc.StatusCode.PERMISSION_DENIED,
+                f"{who} is not an operator under policy {self.policy.version}",
+            )
+        try:
+            policy = load_policy_text(request.text, request.filename or "<policy>")
+        except PolicyError as e:
+            log.warning("refused a policy from %s:\n%s", who, e.diagnostics())
+            context.set_code(grpc.StatusCode.INVALID_ARGUMENT)
+            context.set_details(e.diagnostics())
+            return pb.SignedPolicy()
+        # Never half-applied: a policy that disowns a live node's region is refused whole.
+        problems = [
+            problem
+            for node in self.directory.nodes.values()
+            if (problem := self._claim_problem(policy, node.node_id, node.region)) is not None
+        ]
+        if problems:
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, "\n".join(problems))
+        signed = sign_policy(policy, self.creds)
+        if request.dry_run:
+            return signed
+        self.policy, self.signed = policy, signed
+        if self.state_dir is not None:
+            save_policy(self.state_dir, request.text)
+        log.info("policy version %s applied by %s", policy.version, who)
+        self.directory.version += 1
+        self.changed.set()
+        return signed
+
+    async def GetPolicy(
+        self, request: pb.Empty, context: grpc.aio.ServicerContext
+    ) -> pb.SignedPolicy:
+        identity = await self.auth.identity_async(context)
+        who = f"{identity.kind}/{identity.name}"
+        if identity.kind != "tenant" or self.policy.open:
+            return self.signed
+        # A tenant sees the regions and its own part, not who else shares the cluster.
+        tenant = self.policy.tenant_of(who)
+        document = dict(self.policy.document)
+        document["tenants"] = {tenant.name: document["tenants"][tenant.name]} if tenant else {}
+        for key in ("nodes", "roles"):
+            document.pop(key, None)
+        return pb.SignedPolicy(version=self.policy.version, document=canonical_json(document))
+
+
+POLICY_FILE = "policy.yaml"
+
+
+def save_policy(state_dir: Path, text: str) -> None:
+    state_dir.mkdir(parents=True, exist_ok=True)
+    tmp = state_dir / f".{POLICY_FILE}.tmp"
+    tmp.write_text(text)
+    os.replace(tmp, state_dir / POLICY_FILE)
+
+
+def initial_policy(path: Path | None, state_dir: Path | None) -> Policy:
+    """The policy the head starts under: --policy, else the last one applied, else open."""
+    if path is not None:
+        return load_policy(path)
+    if state_dir is not None and (state_dir / POLICY_FILE).exists():
+        return load_policy(state_dir / POLICY_FILE)
+    return OPEN_POLICY
 
 
 async def serve(args: argparse.Namespace) -> None:
     creds = load_credentials(args.certs, args.identity)
+    policy = initial_policy(args.policy, args.state_dir)
+    if args.policy is not None and args.state_dir is not None:
+        save_policy(args.state_dir, args.policy.read_text())
     server, auth, address = secure_server(args.listen, creds, ALLOWED_KINDS)
-    rpc.add_HeadServicer_to_server(HeadService(auth), server)
+    rpc.add_HeadServicer_to_server(HeadService(auth, creds, policy, args.state_dir), server)
     await server.start()
     write_ready_file(args.ready_file, address=address, node_id=creds.identity.name)
-    log.info("head serving on %s", address)
+    log.info("head serving on %s under policy %s", address, policy.version)
     await until_terminated()
     await server.stop(grace=0.5)
 
@@ -210,7 +329,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--listen", default="127.0.0.1:6380", help="HOST:PORT to serve on")
     add_credential_args(parser)
     parser.add_argument("--ready-file", type=Path)
-    parser.add_argument("--state-dir", type=Path, help="reserved for the durable control store")
+    parser.add_argument("--state-dir", type=Path, help="where the head keeps its state")
+    parser.add_argument("--policy", type=Path, help="a policy YAML file to start under")
     args = parser.parse_args(argv)
     setup_logging(f"head[{args.identity}]")
     try:

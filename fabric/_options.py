@@ -6,6 +6,11 @@ import numbers
 from collections.abc import Mapping
 from typing import Any
 
+from fabric.policy._labels import LabelSelectorError, parse_selector
+
+# Where work may run and where its results may live; the policy has the last word.
+PLACEMENT_OPTIONS = ("region", "label_selector", "residency")
+
 TASK_OPTIONS = frozenset(
     {
         "num_cpus",
@@ -16,6 +21,7 @@ TASK_OPTIONS = frozenset(
         "max_retries",
         "retry_exceptions",
         "name",
+        *PLACEMENT_OPTIONS,
     }
 )
 ACTOR_OPTIONS = frozenset(
@@ -31,6 +37,7 @@ ACTOR_OPTIONS = frozenset(
         "namespace",
         "lifetime",
         "get_if_exists",
+        *PLACEMENT_OPTIONS,
     }
 )
 METHOD_OPTIONS = frozenset({"num_returns", "max_task_retries", "name"})
@@ -97,7 +104,28 @@ def validate(options: Mapping[str, Any], allowed: frozenset[str], what: str) -> 
                 raise ValueError(f"lifetime must be 'detached' or 'non_detached', got {value!r}")
         elif name in ("retry_exceptions", "get_if_exists") and not isinstance(value, bool):
             raise ValueError(f"{name} must be a bool, got {value!r}")
+        elif name in ("region", "residency"):
+            if not isinstance(value, str) or not value:
+                raise ValueError(f"{name} must be a non-empty string, got {value!r}")
+        elif name == "label_selector":
+            try:
+                parse_selector(value)
+            except LabelSelectorError as e:
+                raise ValueError(str(e)) from None
+    if options.get("region") and "region" in (options.get("label_selector") or {}):
+        raise ValueError("give either region= or label_selector={'region': ...}, not both")
     return dict(options)
+
+
+def placement(options: Mapping[str, Any], spec: Any) -> None:
+    """Copy the placement options onto a TaskSpec."""
+    selector = dict(options.get("label_selector") or {})
+    if options.get("region"):
+        selector["region"] = options["region"]
+    if selector:
+        spec.label_selector.update(selector)
+    if options.get("residency"):
+        spec.residency_label = options["residency"]
 
 
 def resource_request(options: Mapping[str, Any]) -> dict[str, float]:

@@ -111,6 +111,7 @@ class RemoteFunction:
             max_retries=options["max_retries"],
             retry_exceptions=options["retry_exceptions"],
         )
+        _options.placement(options, spec)
         _encode_args(client, spec, self._name, args, kwargs)
         return _submit(client, spec, self._pickled.blob)
 
@@ -204,6 +205,7 @@ class ActorClass:
                 handle_meta=meta,
             ),
         )
+        _options.placement(options, spec)
         _encode_args(client, spec, f"{self.__name__}.__init__", args, kwargs)
         ready = client.owned_ref(_return_id(spec.task_id, 0))
         # Ray raises at once when the name is taken: wait for the directory's answer.

@@ -142,5 +142,21 @@ class PlacementRefusedError(FabricError):
     """No node may ever run the request (its resources or the policy rule it out)."""
 
 
+class PermissionDeniedError(FabricError, PermissionError):
+    """The fabric's policy does not admit this identity for what it asked (a session by a
+    certificate that is no tenant of the policy, a policy change by a non-operator)."""
+
+
+class ResidencyError(FabricError):
+    """The policy does not let the object go where it was asked to: another node, or a
+    driver connected in a region outside the object's residency. The message names the
+    rule and the policy version."""
+
+
+class QuotaExceededError(FabricError):
+    """The tenant's admission quota (tasks, actors, CPUs, GPUs, memory, object-store bytes)
+    is used up; the message names the quota, its limit and what is held."""
+
+
 class InvalidRequestError(FabricError, ValueError):
     """The fabric rejected a malformed or forbidden request."""

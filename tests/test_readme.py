@@ -79,3 +79,34 @@ def test_demo_runs_on_three_regions() -> None:
         assert f"ran on {node:<14}({region})" in out, out
     assert "summed on us-east-1" in out and "4,194,304" in out
     assert "5 calls ran in order: [1, 2, 3, 4, 5]" in out
+
+
+def test_policy_commands_run() -> None:
+    [script] = _blocks("shell")
+    root = README.parent
+    result = subprocess.run(
+        ["bash", "-e", "-c", script], cwd=root, capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "configs/policy-two-tenants.yaml: ok" in result.stdout
+    assert "REFUSED (PlacementRefusedError)" in result.stdout
+    assert "rule residency.driver-outside" in result.stdout
+
+
+def test_the_documented_policy_error_is_the_one_printed(tmp_path: Path) -> None:
+    policy = tmp_path / "policy.yaml"
+    text = (README.parent / "configs" / "policy-two-tenants.yaml").read_text()
+    policy.write_text(
+        text.replace("residency:\n      default: EU", "residancy:\n      default: EU")
+    )
+    result = subprocess.run(
+        ["fabric", "policy", "check", "policy.yaml"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 1
+    documented = re.search(r"reads `(policy\.yaml:.*?)`\.", README.read_text(), re.S)
+    assert documented is not None
+    assert " ".join(documented.group(1).split()) in result.stderr

@@ -70,7 +70,16 @@ async def serve(args: argparse.Namespace) -> None:
         args.store_root or default_store_root()
     ) / f"fabric-{node_id}-{secrets.token_hex(4)}"
     reason = separate_uids_unavailable()
-    owner = tenant_uid if reason is None else None
+    node: NodeAgent
+
+    def policy_uid(tenant: str) -> tuple[int, int]:
+        # The policy may assign a tenant's uid; otherwise one derived from its name.
+        assigned = node.policy.tenant(tenant)
+        if assigned is not None and assigned.uid:
+            return assigned.uid, assigned.uid
+        return tenant_uid(tenant)
+
+    owner = policy_uid if reason is None else None
     if reason is None:
         log.info("workers run under a uid per tenant")
     else:
@@ -85,7 +94,6 @@ async def serve(args: argparse.Namespace) -> None:
 
     server, auth, address = secure_server(args.listen, creds, ALLOWED_KINDS)
 
-    node: NodeAgent
     head = HeadLink(args.head, creds, address)
 
     def address_of(peer: str) -> str | None:
@@ -114,9 +122,14 @@ async def serve(args: argparse.Namespace) -> None:
     node.local_socket = str(local_path)
 
     head_task = asyncio.get_running_loop().create_task(head.run())
-    try:
-        await asyncio.wait_for(head.first_view.wait(), timeout=30)
-    except TimeoutError:
+    joined = asyncio.ensure_future(head.first_view.wait())
+    refused = asyncio.ensure_future(head.refused.wait())
+    await asyncio.wait({joined, refused}, timeout=30, return_when=asyncio.FIRST_COMPLETED)
+    joined.cancel()
+    refused.cancel()
+    if head.refused.is_set():
+        fail(f"the head at {args.head} refused this node: {head.error}")
+    if not head.first_view.is_set():
         fail(f"cannot reach head at {args.head}: {head.error or 'no answer'}")
     write_ready_file(args.ready_file, address=address, node_id=node_id, store=str(store_root))
     log.info(

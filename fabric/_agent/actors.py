@@ -5,7 +5,15 @@ from __future__ import annotations
 
 import asyncio
 
-from fabric._agent.base import MAX_ACTOR_HOPS, E, actor_gone, blob_error_summary, error_info, log
+from fabric._agent.base import (
+    MAX_ACTOR_HOPS,
+    E,
+    actor_gone,
+    blob_error_summary,
+    error_info,
+    log,
+    refusal,
+)
 from fabric._agent.dispatch import Dispatch
 from fabric._agent.state import (
     ActorEntry,
@@ -16,6 +24,7 @@ from fabric._agent.state import (
 )
 from fabric._agent.workers import Worker
 from fabric._proto import fabric_pb2 as pb
+from fabric.policy import Outcome, PlacementRequest, decide_placement
 
 
 class Actors(Dispatch):
@@ -56,9 +65,31 @@ class Actors(Dispatch):
             return
         node = self.actor_locations.get(key) or task.spec.actor_node
         if node and node != self.node_id and task.spec.hops < MAX_ACTOR_HOPS:
-            self._forward(task, node)
+            if self._may_run_at(task, node):
+                self._forward(task, node)
             return
         self._fail(task, actor_gone(actor_id))
+
+    def _may_run_at(self, task: TaskEntry, node_id: str) -> bool:
+        """Whether an actor call's inputs may go to the actor's node; fails it if not."""
+        if task.residency is None or self._region_of(node_id) in task.residency:
+            return True
+        request = PlacementRequest(
+            tenant=task.spec.tenant,
+            task_id=task.task_id,
+            resources={},
+            local_node_id=self.node_id,
+            pinned_node_id=node_id,
+            data_regions=task.residency,
+        )
+        decision = decide_placement(
+            request, self._node_views(), self._policy_of(task.spec), self.view_version
+        )
+        self._record(decision, task.spec)
+        if decision.outcome is Outcome.REFUSE:
+            self._fail(task, refusal(E.RESIDENCY_REFUSED, decision))
+            return False
+        return True
 
     def _actor_placed(self, tenant: str, actor_id: bytes, node_id: str) -> None:
         if node_id:
@@ -77,6 +108,7 @@ class Actors(Dispatch):
             return
         self.actors[(spec.tenant, spec.actor_id)] = actor
         actor.resources = dict(spec.resources)
+        actor.residency = task.residency
         options = spec.actor_options
         if options.name:
             info = pb.ActorInfo(
@@ -141,6 +173,8 @@ class Actors(Dispatch):
         if actor.state is ActorState.DEAD:
             assert actor.death is not None
             self._fail(task, actor.death)
+            return
+        if not self._may_run_at(task, self.node_id):
             return
         task.state = TaskState.WAITING
         actor.queued.append(task)

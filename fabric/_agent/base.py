@@ -31,6 +31,8 @@ from fabric._serialization import (
     read_header,
 )
 from fabric.policy import Decision
+from fabric.policy._admission import Usage
+from fabric.policy._model import OPEN_POLICY, Policy
 
 log = logging.getLogger("fabric._agent.node")
 
@@ -44,6 +46,7 @@ PLACING_RETRY = 0.1  # seconds
 SENT_MEMORY = 0.5  # seconds a forward counts against a peer's reported free resources
 JOIN_GRACE = 3.0  # seconds after the view last grew during which refusals wait
 MAX_WORKERS_PER_TENANT = 256  # a hard ceiling per node, blocked workers included
+POLICY_VERSIONS_KEPT = 16  # work admitted under an older policy keeps deciding under it
 
 
 class Peers(Protocol):
@@ -76,6 +79,15 @@ def unknown_object(object_id: bytes) -> pb.ErrorInfo:
     # tenant: a caller must not learn which.
     return error_info(
         E.UNKNOWN_OBJECT, f"ObjectRef({object_id.hex()}) is unknown (freed, or never yours)"
+    )
+
+
+def refusal(kind: pb.ErrorInfo.Kind, decision: Decision) -> pb.ErrorInfo:
+    """The error a refused request gets: why, and the rule and policy that decided it."""
+    return error_info(
+        kind,
+        f"{'; '.join(decision.reasons)} [rule {', '.join(decision.rule_ids)}, "
+        f"policy {decision.policy_version}]",
     )
 
 
@@ -133,8 +145,13 @@ class AgentBase:
         self.nodes: dict[str, pb.NodeInfo] = {}
         self.view_version = 0
         self.max_workers_per_tenant = max(4, int(resources.get("CPU", 1)) * 4)
-        # Every placement decision is handed here before it is acted on (the audit seam).
-        self.on_decision: Callable[[Decision, pb.TaskSpec], None] | None = None
+        # Every decision is handed here before it is acted on (the audit seam).
+        self.on_decision: Callable[[Decision, pb.TaskSpec | None], None] | None = None
+        # The policy bundle in force, and recent ones: work keeps the version it was
+        # admitted under.
+        self.policy: Policy = OPEN_POLICY
+        self.policies: dict[str, Policy] = {OPEN_POLICY.version: OPEN_POLICY}
+        self.usage: dict[str, Usage] = {}  # per tenant: admitted here and unfinished
         self.on_load_change: Callable[[], None] = lambda: None
         self._dispatch_scheduled = False
         self._placing_timer = False
@@ -142,6 +159,35 @@ class AgentBase:
         # Until then, a request no node in the view can run waits for nodes still joining
         # instead of being refused (see Dispatch._route); update_cluster extends it.
         self.joining_until = time.monotonic() + JOIN_GRACE
+
+    def set_policy(self, policy: Policy) -> None:
+        self.policy = policy
+        self.policies.pop(policy.version, None)
+        self.policies[policy.version] = policy
+        while len(self.policies) > POLICY_VERSIONS_KEPT:
+            del self.policies[next(iter(self.policies))]
+        log.info("policy version %s in force", policy.version)
+
+    def _policy_of(self, spec: pb.TaskSpec) -> Policy:
+        return self.policies.get(spec.policy_version) or self.policy
+
+    def _record(self, decision: Decision, spec: pb.TaskSpec | None = None) -> None:
+        if self.on_decision is not None:
+            self.on_decision(decision, spec)
+
+    def _release_admission(self, task: TaskEntry) -> None:
+        if task.admitted:
+            task.admitted = False
+            usage = self.usage.get(task.spec.tenant)
+            if usage is not None:
+                usage.tasks -= 1
+                usage.add(task.spec.resources, -1)
+
+    def _region_of(self, node_id: str) -> str:
+        if node_id == self.node_id:
+            return self.region
+        info = self.nodes.get(node_id)
+        return info.region if info is not None else ""
 
     def _reply(self, session: Session, request_id: int, reply: pb.Reply) -> None:
         if request_id:

@@ -20,9 +20,9 @@ class Batcher:
     def send(self, message: Any) -> None:
         self._pending.append(message)
         if len(self._pending) == 1:
-            self._loop.call_soon(self._flush)
+            self._loop.call_soon(self.flush)
 
-    def _flush(self) -> None:
+    def flush(self) -> None:
         if self._pending:
             pending, self._pending = self._pending, []
             self._put(self._make_batch(pending))

@@ -17,6 +17,7 @@ from fabric._agent.base import (
     E,
     error_info,
     log,
+    refusal,
     unknown_object,
 )
 from fabric._agent.objects import ObjectTable
@@ -36,6 +37,8 @@ from fabric._serialization import (
     blob_kind,
 )
 from fabric.policy import NodeView, Outcome, PlacementRequest, decide_placement
+from fabric.policy._labels import NO_SELECTOR, parse_selector
+from fabric.policy._model import Regions, decode_regions, encode_regions, intersect
 
 
 class Dispatch(ObjectTable):
@@ -79,6 +82,7 @@ class Dispatch(ObjectTable):
                     location=arg.owner_node,
                     remote_owner=arg.owner_node,
                     cache=True,
+                    residency=decode_regions(arg.residency),
                 )
                 self.objects[key] = entry
             if entry is None:
@@ -144,10 +148,13 @@ class Dispatch(ObjectTable):
             # never back and forth for ever.
             pinned_node_id=self.node_id if spec.hops >= MAX_HOPS else None,
             excluded_node_ids=frozenset((task.origin_node,)) if task.origin_node else frozenset(),
+            data_regions=task.residency,
+            selector=parse_selector(spec.label_selector) if spec.label_selector else NO_SELECTOR,
         )
-        decision = decide_placement(request, self._node_views(), view_version=self.view_version)
-        if self.on_decision is not None:
-            self.on_decision(decision, spec)
+        decision = decide_placement(
+            request, self._node_views(), self._policy_of(spec), self.view_version
+        )
+        self._record(decision, spec)
         if decision.node_id == self.node_id and not (
             decision.outcome is Outcome.QUEUE and spec.kind == pb.ACTOR_CREATION
         ):
@@ -158,7 +165,7 @@ class Dispatch(ObjectTable):
             task.state = TaskState.PLACING
             self.placing.append(task)
             self._retry_placing_later()
-        elif time.monotonic() < self.joining_until:
+        elif not decision.final and time.monotonic() < self.joining_until:
             # Refused by a view that may not list every node yet (this agent, or the
             # cluster, just started): ask again until the joining window has passed.
             task.state = TaskState.PLACING
@@ -166,7 +173,7 @@ class Dispatch(ObjectTable):
             self._retry_placing_later()
             return
         else:
-            self._fail(task, error_info(E.PLACEMENT_REFUSED, "; ".join(decision.reasons)))
+            self._fail(task, refusal(E.PLACEMENT_REFUSED, decision))
         if spec.kind == pb.ACTOR_CREATION and (
             decision.node_id or decision.outcome is Outcome.REFUSE
         ):
@@ -200,8 +207,10 @@ class Dispatch(ObjectTable):
         for arg in forward.args:
             if arg.WhichOneof("value") == "object_id":
                 entry = self.objects.get((spec.tenant, arg.object_id))
-                if entry is not None and not entry.remote_owner:
-                    arg.owner_node = self.node_id  # ask us: we know where it is
+                if entry is not None:
+                    arg.residency = encode_regions(entry.residency)
+                    if not entry.remote_owner:
+                        arg.owner_node = self.node_id  # ask us: we know where it is
         if spec.kind == pb.ACTOR_CREATION:
             session = self.sessions.get(task.origin_session)
             if session is not None and spec.actor_id in session.owned_actors:
@@ -588,9 +597,25 @@ class Dispatch(ObjectTable):
         self._store_results(task, result)
         self._schedule_dispatch()
 
+    def _result_residency(self, task: TaskEntry) -> Regions:
+        """Its results' residency: the task's (narrowed by what it read), and for an actor's
+        call also the actor's state."""
+        residency = task.residency
+        if task.spec.kind == pb.ACTOR_TASK:
+            actor = self.actors.get((task.spec.tenant, task.spec.actor_id))
+            if actor is not None:
+                residency = intersect(residency, actor.residency)
+        return residency
+
     def _store_results(self, task: TaskEntry, result: pb.TaskResult) -> None:
         tenant = task.spec.tenant
         expected = set(task.return_ids)
+        residency = self._result_residency(task)
+        wire_residency = encode_regions(residency)
+        # Small results travel back inline to the node that sent the task, unless their
+        # residency keeps them out of its region: then that node learns where they are.
+        origin_region = self._region_of(task.origin_node) if task.origin_node else self.region
+        keep_here = residency is not None and origin_region not in residency
         locations = []
         for value in result.returns:
             object_id = value.object_id
@@ -612,10 +637,16 @@ class Dispatch(ObjectTable):
                 )
             self._contain(entry, value.contained_ids)
             entry.state = ObjState.READY
+            entry.residency = residency
             location = pb.ObjectLocation(
-                object_id=object_id, tenant=tenant, contained_ids=value.contained_ids
+                object_id=object_id,
+                tenant=tenant,
+                contained_ids=value.contained_ids,
+                residency=wire_residency,
             )
-            if entry.inline is not None:
+            if entry.inline is not None and keep_here:
+                location.stored_size = len(entry.inline)  # held here: fetch it from us
+            elif entry.inline is not None:
                 location.inline_blob = entry.inline
             elif entry.error is not None:
                 location.error.CopyFrom(entry.error)
@@ -652,6 +683,7 @@ class Dispatch(ObjectTable):
         self.queues.uncommit(task)
         tenant = task.spec.tenant
         self.tasks.pop((tenant, task.task_id), None)
+        self._release_admission(task)
         self._unpin_args(task)
         if task.origin_node:
             self.peers.send(

@@ -14,6 +14,7 @@ from fabric._agent.base import (
     MAX_RETURNS,
     E,
     error_info,
+    refusal,
 )
 from fabric._agent.base import (
     Directory as Directory,
@@ -35,6 +36,11 @@ from fabric._serialization import (
     INLINE_THRESHOLD,
     SerializationError,
 )
+from fabric.policy import Outcome
+from fabric.policy._admission import Usage, decide_admission
+from fabric.policy._labels import LabelSelectorError, parse_selector
+from fabric.policy._model import ResidencyLabelError, decode_regions, encode_regions, intersect
+from fabric.policy._residency import Destination, decide_transfer
 
 
 class NodeAgent(Actors):
@@ -69,7 +75,20 @@ class NodeAgent(Actors):
             namespace=session.namespace,
             region=self.region,
             local_socket=self.local_socket,
+            policy_version=self.policy.version,
+            put_refusal=self._default_put_refusal(session),
         )
+
+    def _default_put_refusal(self, session: Session) -> str:
+        policy = self.policy
+        tenant = policy.tenant(session.tenant)
+        residency = tenant.default_residency if tenant is not None else None
+        if residency is None or self.region in residency:
+            return ""
+        decision = decide_transfer(
+            policy, session.tenant, b"", residency, Destination.STORE, self.node_id, self.region
+        )
+        return refusal(E.RESIDENCY_REFUSED, decision).message
 
     def close_session(self, session: Session) -> None:
         if session.closed:
@@ -101,7 +120,8 @@ class NodeAgent(Actors):
             elif which == "refs":
                 self._ref_update(session, message.refs)
             elif which == "put":
-                self._put(session, message.put)
+                problem = self._put(session, message.put)
+                self._reply(session, message.request_id, pb.Reply(error=problem))
             elif which == "subscribe":
                 for object_id in message.subscribe.object_ids:
                     self._subscribe(session, object_id)
@@ -120,7 +140,11 @@ class NodeAgent(Actors):
                     self._get_actor(session, message.request_id, message.get_actor)
                 )
             elif which == "cluster_info":
-                self._reply(session, message.request_id, pb.Reply(cluster=self.cluster_info()))
+                self._reply(
+                    session,
+                    message.request_id,
+                    pb.Reply(cluster=self.cluster_info(session.tenant)),
+                )
             elif which == "fetch":
                 self._fetch_inline(session, message.request_id, message.fetch.object_id)
             else:
@@ -147,9 +171,11 @@ class NodeAgent(Actors):
             and ((tenant, spec.function_digest) not in self.functions)
         ):
             problem = "unknown function digest: send the function body with its first task"
-        if problem is not None:
+        error = error_info(E.INVALID_REQUEST, problem) if problem is not None else None
+        if error is None:
+            error = self._admit(session, spec)
+        if error is not None:
             # Nothing is recorded: the refused ids may belong to entries that stand.
-            error = error_info(E.INVALID_REQUEST, problem)
             self._reply(session, request_id, pb.Reply(error=error))
             for index in range(min(spec.num_returns, MAX_RETURNS)):
                 session.send(
@@ -158,7 +184,10 @@ class NodeAgent(Actors):
                     )
                 )
             return
-        task = TaskEntry(spec, origin_session=session.session_id)
+        task = TaskEntry(spec, origin_session=session.session_id, admitted=True)
+        usage = self.usage.setdefault(tenant, Usage())
+        usage.tasks += 1
+        usage.add(spec.resources)
         for object_id in task.return_ids:
             entry = ObjEntry(tenant=tenant)
             entry.holders.add(session.session_id)
@@ -179,6 +208,58 @@ class NodeAgent(Actors):
             return
         self._reply(session, request_id, pb.Reply())
         self._route(task)
+
+    def _admit(self, session: Session, spec: pb.TaskSpec) -> pb.ErrorInfo | None:
+        """Check a submission against the policy: its label selector and residency label
+        mean something, its quotas allow it. Sets the residency and policy version it is
+        admitted under."""
+        policy = self.policy
+        spec.policy_version = policy.version
+        tenant = policy.tenant(session.tenant)
+        if tenant is None:
+            return error_info(E.INVALID_REQUEST, f"{session.tenant!r} is not a tenant")
+        try:
+            parse_selector(spec.label_selector)
+            # Inside a task, work without a label derives from what the task read.
+            residency = (
+                self._session_residency(session)
+                if session.worker is not None and not spec.residency_label
+                else intersect(
+                    policy.residency(tenant, spec.residency_label or None),
+                    self._session_residency(session),
+                )
+            )
+        except (LabelSelectorError, ResidencyLabelError) as e:
+            return error_info(E.INVALID_REQUEST, str(e))
+        for arg in spec.args:
+            arg.residency = ""  # agents say where an object may live, never a client
+            if arg.WhichOneof("value") == "object_id":
+                entry = self.objects.get((session.tenant, arg.object_id))
+                if entry is not None:
+                    residency = intersect(residency, entry.residency)
+        spec.residency = encode_regions(residency)
+        if policy.open:
+            return None
+        decision = decide_admission(
+            policy,
+            session.tenant,
+            self._usage(session.tenant),
+            tasks=1,
+            actors=1 if spec.kind == pb.ACTOR_CREATION else 0,
+            resources=spec.resources,
+        )
+        if decision.outcome is Outcome.REFUSE:
+            self._record(decision, spec)
+            return refusal(E.QUOTA_EXCEEDED, decision)
+        return None
+
+    def _usage(self, tenant: str) -> Usage:
+        usage = self.usage.setdefault(tenant, Usage())
+        usage.object_store = self.store.bytes_by_tenant().get(tenant, 0)
+        usage.actors = sum(
+            len(s.owned_actors) for s in self.sessions.values() if s.tenant == tenant
+        )
+        return usage
 
     def _collision(self, tenant: str, spec: pb.TaskSpec) -> str | None:
         """A task or actor id already in use by this tenant (reuse would overwrite it)."""
@@ -276,6 +357,7 @@ class NodeAgent(Actors):
             if object_id not in expected or entry is None:
                 continue
             which = location.WhichOneof("value")
+            entry.residency = decode_regions(location.residency)
             if which == "stored_size":
                 entry.location = from_node  # the blob stays there until we free it
             else:
@@ -291,6 +373,7 @@ class NodeAgent(Actors):
                     session.owned_actors.pop(task.spec.actor_id, None)
         task.state = TaskState.DONE
         self.tasks.pop((tenant, task.task_id), None)
+        self._release_admission(task)
         self._unpin_args(task)
         if task.origin_node:
             # We only relayed this task (e.g. a call to an actor we placed): pass the
@@ -301,7 +384,7 @@ class NodeAgent(Actors):
             entry = self.objects.get((tenant, location.object_id))
             if entry is None:
                 continue
-            if entry.location and not entry.local and entry.subscribers:
+            if entry.location and not entry.local and entry.subscribers and self._may_hold(entry):
                 self._ensure_fetch(location.object_id, entry)
             else:
                 self._object_ready(location.object_id, entry)
@@ -331,6 +414,25 @@ class NodeAgent(Actors):
                     )
         self._schedule_dispatch()
 
+    def tenant_load(self) -> dict[str, pb.TenantLoad]:
+        load: dict[str, pb.TenantLoad] = {}
+
+        def of(tenant: str) -> pb.TenantLoad:
+            return load.setdefault(tenant, pb.TenantLoad())
+
+        for tenant, pool in self.workers.items():
+            of(tenant).workers += len(pool)
+            of(tenant).running_tasks += sum(len(w.running) for w in pool)
+        for (tenant, _), actor in self.actors.items():
+            of(tenant).actors += 1
+            of(tenant).running_tasks += len(actor.inflight)
+            of(tenant).workers += actor.worker is not None
+        for task in self.placing:
+            of(task.spec.tenant).queued_tasks += 1
+        for (tenant, _), queue in self.queues.heads():
+            of(tenant).queued_tasks += len(queue)
+        return load
+
     def node_info(self) -> pb.NodeInfo:
         return pb.NodeInfo(
             node_id=self.node_id,
@@ -343,9 +445,11 @@ class NodeAgent(Actors):
             + sum(len(a.inflight) for a in self.actors.values()),
             queued_tasks=len(self.queues) + len(self.placing),
             workers=self.worker_count(),
+            tenant_load=self.tenant_load(),
         )
 
-    def cluster_info(self) -> pb.ClusterInfo:
+    def cluster_info(self, tenant: str | None = None) -> pb.ClusterInfo:
+        """The cluster view; for `tenant`, the load figures are its own only."""
         info = pb.ClusterInfo(version=self.view_version)
         mine = self.node_info()
         seen = False
@@ -361,6 +465,9 @@ class NodeAgent(Actors):
                 info.nodes.append(node)
         if not seen:
             info.nodes.append(mine)
+        if tenant is not None:
+            for node in info.nodes:
+                only_own(node, tenant)
         return info
 
     def shutdown(self) -> None:
@@ -370,6 +477,18 @@ class NodeAgent(Actors):
         for actor in self.actors.values():
             if actor.worker is not None:
                 actor.worker.kill()
+
+
+def only_own(node: pb.NodeInfo, tenant: str) -> None:
+    """Reduce a node's load figures to `tenant`'s: another tenant's work is not its business."""
+    own = pb.TenantLoad()
+    if tenant in node.tenant_load:
+        own.CopyFrom(node.tenant_load[tenant])
+    node.tenant_load.clear()
+    node.tenant_load[tenant].CopyFrom(own)
+    node.running_tasks = own.running_tasks
+    node.queued_tasks = own.queued_tasks
+    node.workers = own.workers
 
 
 def _validate_spec(spec: pb.TaskSpec) -> str | None:

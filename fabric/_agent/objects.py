@@ -5,17 +5,21 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Iterable
 
-from fabric._agent.base import AgentBase, E, error_info, log, unknown_object
+from fabric._agent.base import AgentBase, E, error_info, log, refusal, unknown_object
 from fabric._agent.state import (
     ObjEntry,
     ObjState,
     Session,
+    TaskEntry,
 )
 from fabric._object_store import ObjectStoreError
 from fabric._proto import fabric_pb2 as pb
 from fabric._serialization import (
     read_header,
 )
+from fabric.policy import Outcome
+from fabric.policy._model import Regions, ResidencyLabelError, encode_regions, intersect
+from fabric.policy._residency import Destination, decide_transfer
 
 
 class ObjectTable(AgentBase):
@@ -37,12 +41,46 @@ class ObjectTable(AgentBase):
                 entry.subscribers.discard(sid)
                 self._maybe_free(object_id, entry)
 
-    def _put(self, session: Session, put: pb.PutObject) -> None:
+    def _session_residency(self, session: Session) -> Regions:
+        """What a worker's session reads and makes inherits the residency of what it runs."""
+        worker = session.worker
+        if worker is None:
+            return None
+        if worker.actor_id:
+            actor = self.actors.get((session.tenant, worker.actor_id))
+            return actor.residency if actor is not None else None
+        residency: Regions = None
+        for task in worker.running.values():
+            if isinstance(task, TaskEntry):
+                residency = intersect(residency, task.residency)
+        return residency
+
+    def _taint(self, session: Session, residency: Regions) -> None:
+        """A worker read data of `residency`: what it runs now derives from it."""
+        worker = session.worker
+        if worker is None or residency is None:
+            return
+        if worker.actor_id:
+            actor = self.actors.get((session.tenant, worker.actor_id))
+            if actor is not None:
+                actor.residency = intersect(actor.residency, residency)
+            return
+        for task in worker.running.values():
+            if isinstance(task, TaskEntry):
+                task.residency = intersect(task.residency, residency)
+
+    def _put(self, session: Session, put: pb.PutObject) -> pb.ErrorInfo | None:
         object_id = put.object_id
         if len(object_id) != 20 or (session.tenant, object_id) in self.objects:
             raise ObjectStoreError(f"invalid or duplicate object id {object_id.hex()}")
         entry = ObjEntry(tenant=session.tenant, state=ObjState.READY)
-        if put.WhichOneof("value") == "inline_blob":
+        problem = self._put_residency(session, object_id, entry, put.residency_label)
+        if problem is not None:
+            # The get of this ref raises the refusal; nothing of the value is kept.
+            if put.WhichOneof("value") == "sealed_size":
+                self.store.delete(session.tenant, object_id)
+            entry.error = problem
+        elif put.WhichOneof("value") == "inline_blob":
             read_header(put.inline_blob)  # fail early on a malformed blob
             entry.inline = put.inline_blob
         else:
@@ -52,6 +90,65 @@ class ObjectTable(AgentBase):
         self.objects[(session.tenant, object_id)] = entry
         self._contain(entry, put.contained_ids)
         self.on_load_change()
+        return problem
+
+    def _put_residency(
+        self, session: Session, object_id: bytes, entry: ObjEntry, label: str
+    ) -> pb.ErrorInfo | None:
+        policy = self.policy
+        tenant = policy.tenant(session.tenant)
+        if tenant is None:
+            return error_info(E.INVALID_REQUEST, f"{session.tenant!r} is not a tenant")
+        try:
+            # Inside a task, a put without a label derives from what the task read.
+            residency = (
+                self._session_residency(session)
+                if session.worker is not None and not label
+                else intersect(
+                    policy.residency(tenant, label or None), self._session_residency(session)
+                )
+            )
+        except ResidencyLabelError as e:
+            return error_info(E.INVALID_REQUEST, str(e))
+        entry.residency = residency
+        if entry.residency is None:
+            return None
+        decision = decide_transfer(
+            policy,
+            session.tenant,
+            object_id,
+            entry.residency,
+            Destination.STORE,
+            self.node_id,
+            self.region,
+        )
+        self._record(decision)
+        if decision.outcome is Outcome.REFUSE:
+            return refusal(E.RESIDENCY_REFUSED, decision)
+        return None
+
+    def _driver_refusal(
+        self, session: Session, object_id: bytes, entry: ObjEntry
+    ) -> pb.ErrorInfo | None:
+        """Why a driver connected here may not read `entry`, or None when it may."""
+        if entry.residency is None or (self.region in entry.residency and entry.local):
+            return None
+        decision = decide_transfer(
+            self.policy,
+            session.tenant,
+            object_id,
+            entry.residency,
+            Destination.DRIVER,
+            self.node_id,
+            self.region,
+        )
+        self._record(decision)
+        if decision.outcome is Outcome.REFUSE:
+            return refusal(E.RESIDENCY_REFUSED, decision)
+        return None
+
+    def _may_hold(self, entry: ObjEntry) -> bool:
+        return entry.residency is None or self.region in entry.residency
 
     def _contain(self, entry: ObjEntry, contained: Iterable[bytes]) -> None:
         for inner_id in contained:
@@ -71,7 +168,7 @@ class ObjectTable(AgentBase):
             return
         entry.holders.add(session.session_id)
         session.held.add(object_id)
-        if entry.local:
+        if entry.local or (entry.state is ObjState.READY and not self._may_hold(entry)):
             self._push(session, object_id, entry)
         else:
             entry.subscribers.add(session.session_id)
@@ -79,8 +176,18 @@ class ObjectTable(AgentBase):
 
     def _push(self, session: Session, object_id: bytes, entry: ObjEntry) -> None:
         ready = pb.ObjectReady(object_id=object_id)
+        refused = None
+        if entry.error is None:
+            if session.worker is None:
+                refused = self._driver_refusal(session, object_id, entry)
+            else:
+                self._taint(session, entry.residency)
         if entry.error is not None:
             ready.error.CopyFrom(entry.error)
+        elif refused is not None:
+            ready.error.CopyFrom(refused)
+        elif not entry.local:
+            return  # not here, and not refused: the fetch under way pushes it
         elif entry.inline is not None:
             ready.inline_blob = entry.inline
         else:
@@ -92,8 +199,11 @@ class ObjectTable(AgentBase):
         if entry is None or not entry.local:
             self._reply(session, request_id, pb.Reply(error=unknown_object(object_id)))
             return
-        if entry.error is not None:
-            self._reply(session, request_id, pb.Reply(error=entry.error))
+        error = entry.error
+        if error is None and session.worker is None:
+            error = self._driver_refusal(session, object_id, entry)
+        if error is not None:
+            self._reply(session, request_id, pb.Reply(error=error))
             return
         if entry.inline is not None:
             blob = entry.inline
@@ -117,6 +227,8 @@ class ObjectTable(AgentBase):
         """Pull an object that lives (or will live) on another node into this one."""
         if entry.local or entry.fetching or not entry.location or entry.location == self.node_id:
             return
+        if not self._may_hold(entry):
+            return  # its residency keeps it out of this node: it stays where it is
         if entry.state is ObjState.PENDING and not entry.location:
             return
         entry.fetching = True
@@ -196,8 +308,24 @@ class ObjectTable(AgentBase):
             self._ensure_fetch(object_id, entry)
             await done
             entry = self.objects.get((tenant, object_id)) or entry
+        location = pb.ObjectLocation(
+            object_id=object_id, tenant=tenant, residency=encode_regions(entry.residency)
+        )
+        if entry.residency is not None and entry.error is None:
+            decision = decide_transfer(
+                self.policy,
+                tenant,
+                object_id,
+                entry.residency,
+                Destination.NODE,
+                requester,
+                self._region_of(requester),
+            )
+            self._record(decision)
+            if decision.outcome is Outcome.REFUSE:
+                location.error.CopyFrom(refusal(E.RESIDENCY_REFUSED, decision))
+                return location
         entry.copies.add(requester)
-        location = pb.ObjectLocation(object_id=object_id, tenant=tenant)
         if entry.error is not None:
             location.error.CopyFrom(entry.error)
         elif entry.inline is not None:

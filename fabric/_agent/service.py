@@ -17,6 +17,7 @@ from fabric._agent.node import NodeAgent
 from fabric._agent.sessions import REAUTH_INTERVAL, DriverSession
 from fabric._object_store import ObjectStore
 from fabric._pki import Credentials
+from fabric._policy_bundle import PolicyBundleError, verify_policy
 from fabric._proto import fabric_pb2 as pb
 from fabric._proto import fabric_pb2_grpc as rpc
 from fabric._serialization import INLINE_THRESHOLD
@@ -215,9 +216,11 @@ class HeadLink:
     def __init__(self, address: str, creds: Credentials, listen_address: str) -> None:
         self.channel = secure_aio_channel(address, creds)
         self.stub = rpc.HeadStub(self.channel)
+        self.ca_pem = creds.ca_pem
         self.listen_address = listen_address
         self.changed = asyncio.Event()
         self.first_view = asyncio.Event()
+        self.refused = asyncio.Event()  # the head will not have us (e.g. a region claim)
         self.error: str | None = None
 
     def _register(self) -> pb.RegisterNode:
@@ -261,12 +264,23 @@ class HeadLink:
         while True:
             try:
                 async for info in self.stub.NodeStream(self._reports()):
+                    if info.HasField("policy"):
+                        # Fail closed: a bundle that does not verify ends the stream, and
+                        # the agent serves nobody until a good one arrives.
+                        self.node.set_policy(verify_policy(info.policy, self.ca_pem))
                     self.node.update_cluster(info)
                     self.first_view.set()
                     delay = 0.2
                 self.error = "the head closed the stream"
+            except PolicyBundleError as e:
+                self.error = f"rejected the head's policy bundle: {e}"
+                log.error("%s", self.error)
             except grpc.aio.AioRpcError as e:
                 self.error = f"{e.code().name}: {e.details()}"
+                if e.code() == grpc.StatusCode.PERMISSION_DENIED:
+                    log.error("the head refused this node: %s", e.details())
+                    self.refused.set()
+                    return
                 log.warning("lost the head: %s", self.error)
             await asyncio.sleep(delay)
             delay = min(delay * 2, 5.0)

@@ -36,8 +36,25 @@ class DriverSession:
                 if message.WhichOneof("body") != "hello":
                     log.warning("session from %s did not start with hello", self.identity.uri)
                     return False
+                tenant = node.policy.tenant_of(f"{self.identity.kind}/{self.identity.name}")
+                if tenant is None:
+                    log.warning(
+                        "refusing a session of %s: not a tenant of policy %s",
+                        self.identity.uri,
+                        node.policy.version,
+                    )
+                    error = pb.ErrorInfo(
+                        kind=pb.ErrorInfo.INVALID_REQUEST,
+                        message=f"{self.identity.uri} is not a tenant of the policy in force "
+                        f"(version {node.policy.version}) [rule tenant.unknown]",
+                    )
+                    self.batcher.send(
+                        pb.ServerMessage(request_id=message.request_id, reply=pb.Reply(error=error))
+                    )
+                    self.batcher.flush()
+                    return False
                 self.session = node.open_session(
-                    self.identity.name,
+                    tenant.name,
                     message.hello.namespace,
                     self.identity.uri,
                     self.batcher.send,

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 
 from fabric._agent.workers import Worker
 from fabric._proto import fabric_pb2 as pb
+from fabric.policy._model import Regions, decode_regions
 
 
 class ObjState(enum.Enum):
@@ -36,6 +37,7 @@ class ObjEntry:
     subscribers: set[int] = field(default_factory=set)
     fetching: bool = False
     cache: bool = False  # a copy pulled for a local use: dropped when nothing here uses it
+    residency: Regions = None  # regions its bytes may live in; None: anywhere
 
     @property
     def local(self) -> bool:
@@ -65,6 +67,9 @@ class TaskEntry:
     pinned: list[bytes] = field(default_factory=list)  # object arguments it pins
     cancelled: bool = False
     remote_node: str = ""
+    # Regions its results may live in: its spec's, narrowed by every object it reads.
+    residency: Regions = None
+    admitted: bool = False  # counted against its tenant's quotas on this node
 
     def __post_init__(self) -> None:
         # Crashes this task may survive: its own retries, or its actor's for a call.
@@ -73,6 +78,7 @@ class TaskEntry:
             self.retries_left = spec.max_retries
         elif spec.kind == pb.ACTOR_TASK:
             self.retries_left = spec.actor_options.max_task_retries
+        self.residency = decode_regions(spec.residency)
 
     @property
     def task_id(self) -> bytes:
@@ -106,6 +112,8 @@ class ActorEntry:
     inflight: dict[bytes, TaskEntry] = field(default_factory=dict)
     death: pb.ErrorInfo | None = None
     resources: dict[str, float] = field(default_factory=dict)
+    # Regions its state may live in: its creation's, narrowed by every object it reads.
+    residency: Regions = None
 
     @property
     def tenant(self) -> str:
@@ -126,3 +134,7 @@ class Session:
     held: set[bytes] = field(default_factory=set)
     owned_actors: dict[bytes, str] = field(default_factory=dict)  # actor id -> node
     closed: bool = False
+
+    @property
+    def is_driver(self) -> bool:
+        return self.worker is None

@@ -32,6 +32,8 @@ class ErrorInfo(_message.Message):
         OBJECT_LOST: _ClassVar[ErrorInfo.Kind]
         INVALID_REQUEST: _ClassVar[ErrorInfo.Kind]
         ACTOR_NOT_FOUND: _ClassVar[ErrorInfo.Kind]
+        RESIDENCY_REFUSED: _ClassVar[ErrorInfo.Kind]
+        QUOTA_EXCEEDED: _ClassVar[ErrorInfo.Kind]
     UNKNOWN: ErrorInfo.Kind
     WORKER_CRASHED: ErrorInfo.Kind
     ACTOR_DIED: ErrorInfo.Kind
@@ -44,6 +46,8 @@ class ErrorInfo(_message.Message):
     OBJECT_LOST: ErrorInfo.Kind
     INVALID_REQUEST: ErrorInfo.Kind
     ACTOR_NOT_FOUND: ErrorInfo.Kind
+    RESIDENCY_REFUSED: ErrorInfo.Kind
+    QUOTA_EXCEEDED: ErrorInfo.Kind
     KIND_FIELD_NUMBER: _ClassVar[int]
     MESSAGE_FIELD_NUMBER: _ClassVar[int]
     kind: ErrorInfo.Kind
@@ -51,16 +55,18 @@ class ErrorInfo(_message.Message):
     def __init__(self, kind: _Optional[_Union[ErrorInfo.Kind, str]] = ..., message: _Optional[str] = ...) -> None: ...
 
 class Arg(_message.Message):
-    __slots__ = ("keyword", "object_id", "inline_blob", "owner_node")
+    __slots__ = ("keyword", "object_id", "inline_blob", "owner_node", "residency")
     KEYWORD_FIELD_NUMBER: _ClassVar[int]
     OBJECT_ID_FIELD_NUMBER: _ClassVar[int]
     INLINE_BLOB_FIELD_NUMBER: _ClassVar[int]
     OWNER_NODE_FIELD_NUMBER: _ClassVar[int]
+    RESIDENCY_FIELD_NUMBER: _ClassVar[int]
     keyword: str
     object_id: bytes
     inline_blob: bytes
     owner_node: str
-    def __init__(self, keyword: _Optional[str] = ..., object_id: _Optional[bytes] = ..., inline_blob: _Optional[bytes] = ..., owner_node: _Optional[str] = ...) -> None: ...
+    residency: str
+    def __init__(self, keyword: _Optional[str] = ..., object_id: _Optional[bytes] = ..., inline_blob: _Optional[bytes] = ..., owner_node: _Optional[str] = ..., residency: _Optional[str] = ...) -> None: ...
 
 class ActorOptions(_message.Message):
     __slots__ = ("max_restarts", "max_task_retries", "max_concurrency", "name", "namespace", "detached", "class_name", "handle_meta")
@@ -83,7 +89,7 @@ class ActorOptions(_message.Message):
     def __init__(self, max_restarts: _Optional[int] = ..., max_task_retries: _Optional[int] = ..., max_concurrency: _Optional[int] = ..., name: _Optional[str] = ..., namespace: _Optional[str] = ..., detached: _Optional[bool] = ..., class_name: _Optional[str] = ..., handle_meta: _Optional[str] = ...) -> None: ...
 
 class TaskSpec(_message.Message):
-    __slots__ = ("task_id", "kind", "function_digest", "function_blob", "function_name", "args", "num_returns", "resources", "max_retries", "retry_exceptions", "actor_id", "method_name", "sequence_no", "actor_options", "parent_task_id", "owner_node", "tenant", "job_id", "caller_id", "actor_node", "hops")
+    __slots__ = ("task_id", "kind", "function_digest", "function_blob", "function_name", "args", "num_returns", "resources", "max_retries", "retry_exceptions", "actor_id", "method_name", "sequence_no", "actor_options", "parent_task_id", "owner_node", "tenant", "job_id", "caller_id", "actor_node", "hops", "label_selector", "residency_label", "residency", "policy_version")
     class ResourcesEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -91,6 +97,13 @@ class TaskSpec(_message.Message):
         key: str
         value: float
         def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
+    class LabelSelectorEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
     TASK_ID_FIELD_NUMBER: _ClassVar[int]
     KIND_FIELD_NUMBER: _ClassVar[int]
     FUNCTION_DIGEST_FIELD_NUMBER: _ClassVar[int]
@@ -112,6 +125,10 @@ class TaskSpec(_message.Message):
     CALLER_ID_FIELD_NUMBER: _ClassVar[int]
     ACTOR_NODE_FIELD_NUMBER: _ClassVar[int]
     HOPS_FIELD_NUMBER: _ClassVar[int]
+    LABEL_SELECTOR_FIELD_NUMBER: _ClassVar[int]
+    RESIDENCY_LABEL_FIELD_NUMBER: _ClassVar[int]
+    RESIDENCY_FIELD_NUMBER: _ClassVar[int]
+    POLICY_VERSION_FIELD_NUMBER: _ClassVar[int]
     task_id: bytes
     kind: TaskKind
     function_digest: bytes
@@ -133,7 +150,11 @@ class TaskSpec(_message.Message):
     caller_id: bytes
     actor_node: str
     hops: int
-    def __init__(self, task_id: _Optional[bytes] = ..., kind: _Optional[_Union[TaskKind, str]] = ..., function_digest: _Optional[bytes] = ..., function_blob: _Optional[bytes] = ..., function_name: _Optional[str] = ..., args: _Optional[_Iterable[_Union[Arg, _Mapping]]] = ..., num_returns: _Optional[int] = ..., resources: _Optional[_Mapping[str, float]] = ..., max_retries: _Optional[int] = ..., retry_exceptions: _Optional[bool] = ..., actor_id: _Optional[bytes] = ..., method_name: _Optional[str] = ..., sequence_no: _Optional[int] = ..., actor_options: _Optional[_Union[ActorOptions, _Mapping]] = ..., parent_task_id: _Optional[bytes] = ..., owner_node: _Optional[str] = ..., tenant: _Optional[str] = ..., job_id: _Optional[bytes] = ..., caller_id: _Optional[bytes] = ..., actor_node: _Optional[str] = ..., hops: _Optional[int] = ...) -> None: ...
+    label_selector: _containers.ScalarMap[str, str]
+    residency_label: str
+    residency: str
+    policy_version: str
+    def __init__(self, task_id: _Optional[bytes] = ..., kind: _Optional[_Union[TaskKind, str]] = ..., function_digest: _Optional[bytes] = ..., function_blob: _Optional[bytes] = ..., function_name: _Optional[str] = ..., args: _Optional[_Iterable[_Union[Arg, _Mapping]]] = ..., num_returns: _Optional[int] = ..., resources: _Optional[_Mapping[str, float]] = ..., max_retries: _Optional[int] = ..., retry_exceptions: _Optional[bool] = ..., actor_id: _Optional[bytes] = ..., method_name: _Optional[str] = ..., sequence_no: _Optional[int] = ..., actor_options: _Optional[_Union[ActorOptions, _Mapping]] = ..., parent_task_id: _Optional[bytes] = ..., owner_node: _Optional[str] = ..., tenant: _Optional[str] = ..., job_id: _Optional[bytes] = ..., caller_id: _Optional[bytes] = ..., actor_node: _Optional[str] = ..., hops: _Optional[int] = ..., label_selector: _Optional[_Mapping[str, str]] = ..., residency_label: _Optional[str] = ..., residency: _Optional[str] = ..., policy_version: _Optional[str] = ...) -> None: ...
 
 class Hello(_message.Message):
     __slots__ = ("namespace", "host_token")
@@ -144,7 +165,7 @@ class Hello(_message.Message):
     def __init__(self, namespace: _Optional[str] = ..., host_token: _Optional[str] = ...) -> None: ...
 
 class Welcome(_message.Message):
-    __slots__ = ("node_id", "tenant", "job_id", "store_path", "namespace", "region", "local_socket")
+    __slots__ = ("node_id", "tenant", "job_id", "store_path", "namespace", "region", "local_socket", "policy_version", "put_refusal")
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     TENANT_FIELD_NUMBER: _ClassVar[int]
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
@@ -152,6 +173,8 @@ class Welcome(_message.Message):
     NAMESPACE_FIELD_NUMBER: _ClassVar[int]
     REGION_FIELD_NUMBER: _ClassVar[int]
     LOCAL_SOCKET_FIELD_NUMBER: _ClassVar[int]
+    POLICY_VERSION_FIELD_NUMBER: _ClassVar[int]
+    PUT_REFUSAL_FIELD_NUMBER: _ClassVar[int]
     node_id: str
     tenant: str
     job_id: bytes
@@ -159,7 +182,9 @@ class Welcome(_message.Message):
     namespace: str
     region: str
     local_socket: str
-    def __init__(self, node_id: _Optional[str] = ..., tenant: _Optional[str] = ..., job_id: _Optional[bytes] = ..., store_path: _Optional[str] = ..., namespace: _Optional[str] = ..., region: _Optional[str] = ..., local_socket: _Optional[str] = ...) -> None: ...
+    policy_version: str
+    put_refusal: str
+    def __init__(self, node_id: _Optional[str] = ..., tenant: _Optional[str] = ..., job_id: _Optional[bytes] = ..., store_path: _Optional[str] = ..., namespace: _Optional[str] = ..., region: _Optional[str] = ..., local_socket: _Optional[str] = ..., policy_version: _Optional[str] = ..., put_refusal: _Optional[str] = ...) -> None: ...
 
 class Subscribe(_message.Message):
     __slots__ = ("object_ids",)
@@ -168,16 +193,18 @@ class Subscribe(_message.Message):
     def __init__(self, object_ids: _Optional[_Iterable[bytes]] = ...) -> None: ...
 
 class PutObject(_message.Message):
-    __slots__ = ("object_id", "inline_blob", "sealed_size", "contained_ids")
+    __slots__ = ("object_id", "inline_blob", "sealed_size", "contained_ids", "residency_label")
     OBJECT_ID_FIELD_NUMBER: _ClassVar[int]
     INLINE_BLOB_FIELD_NUMBER: _ClassVar[int]
     SEALED_SIZE_FIELD_NUMBER: _ClassVar[int]
     CONTAINED_IDS_FIELD_NUMBER: _ClassVar[int]
+    RESIDENCY_LABEL_FIELD_NUMBER: _ClassVar[int]
     object_id: bytes
     inline_blob: bytes
     sealed_size: int
     contained_ids: _containers.RepeatedScalarFieldContainer[bytes]
-    def __init__(self, object_id: _Optional[bytes] = ..., inline_blob: _Optional[bytes] = ..., sealed_size: _Optional[int] = ..., contained_ids: _Optional[_Iterable[bytes]] = ...) -> None: ...
+    residency_label: str
+    def __init__(self, object_id: _Optional[bytes] = ..., inline_blob: _Optional[bytes] = ..., sealed_size: _Optional[int] = ..., contained_ids: _Optional[_Iterable[bytes]] = ..., residency_label: _Optional[str] = ...) -> None: ...
 
 class RefUpdate(_message.Message):
     __slots__ = ("add", "release")
@@ -298,7 +325,7 @@ class ActorInfo(_message.Message):
     def __init__(self, actor_id: _Optional[bytes] = ..., name: _Optional[str] = ..., namespace: _Optional[str] = ..., node_id: _Optional[str] = ..., state: _Optional[str] = ..., class_name: _Optional[str] = ..., handle_meta: _Optional[str] = ..., tenant: _Optional[str] = ...) -> None: ...
 
 class NodeInfo(_message.Message):
-    __slots__ = ("node_id", "address", "region", "total", "available", "alive", "labels", "running_tasks", "queued_tasks", "workers", "identity")
+    __slots__ = ("node_id", "address", "region", "total", "available", "alive", "labels", "running_tasks", "queued_tasks", "workers", "identity", "tenant_load")
     class TotalEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -320,6 +347,13 @@ class NodeInfo(_message.Message):
         key: str
         value: str
         def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    class TenantLoadEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: TenantLoad
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[_Union[TenantLoad, _Mapping]] = ...) -> None: ...
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     ADDRESS_FIELD_NUMBER: _ClassVar[int]
     REGION_FIELD_NUMBER: _ClassVar[int]
@@ -331,6 +365,7 @@ class NodeInfo(_message.Message):
     QUEUED_TASKS_FIELD_NUMBER: _ClassVar[int]
     WORKERS_FIELD_NUMBER: _ClassVar[int]
     IDENTITY_FIELD_NUMBER: _ClassVar[int]
+    TENANT_LOAD_FIELD_NUMBER: _ClassVar[int]
     node_id: str
     address: str
     region: str
@@ -342,15 +377,42 @@ class NodeInfo(_message.Message):
     queued_tasks: int
     workers: int
     identity: str
-    def __init__(self, node_id: _Optional[str] = ..., address: _Optional[str] = ..., region: _Optional[str] = ..., total: _Optional[_Mapping[str, float]] = ..., available: _Optional[_Mapping[str, float]] = ..., alive: _Optional[bool] = ..., labels: _Optional[_Mapping[str, str]] = ..., running_tasks: _Optional[int] = ..., queued_tasks: _Optional[int] = ..., workers: _Optional[int] = ..., identity: _Optional[str] = ...) -> None: ...
+    tenant_load: _containers.MessageMap[str, TenantLoad]
+    def __init__(self, node_id: _Optional[str] = ..., address: _Optional[str] = ..., region: _Optional[str] = ..., total: _Optional[_Mapping[str, float]] = ..., available: _Optional[_Mapping[str, float]] = ..., alive: _Optional[bool] = ..., labels: _Optional[_Mapping[str, str]] = ..., running_tasks: _Optional[int] = ..., queued_tasks: _Optional[int] = ..., workers: _Optional[int] = ..., identity: _Optional[str] = ..., tenant_load: _Optional[_Mapping[str, TenantLoad]] = ...) -> None: ...
+
+class TenantLoad(_message.Message):
+    __slots__ = ("running_tasks", "queued_tasks", "workers", "actors")
+    RUNNING_TASKS_FIELD_NUMBER: _ClassVar[int]
+    QUEUED_TASKS_FIELD_NUMBER: _ClassVar[int]
+    WORKERS_FIELD_NUMBER: _ClassVar[int]
+    ACTORS_FIELD_NUMBER: _ClassVar[int]
+    running_tasks: int
+    queued_tasks: int
+    workers: int
+    actors: int
+    def __init__(self, running_tasks: _Optional[int] = ..., queued_tasks: _Optional[int] = ..., workers: _Optional[int] = ..., actors: _Optional[int] = ...) -> None: ...
+
+class SignedPolicy(_message.Message):
+    __slots__ = ("version", "document", "signature", "signer_certificate")
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    DOCUMENT_FIELD_NUMBER: _ClassVar[int]
+    SIGNATURE_FIELD_NUMBER: _ClassVar[int]
+    SIGNER_CERTIFICATE_FIELD_NUMBER: _ClassVar[int]
+    version: str
+    document: bytes
+    signature: bytes
+    signer_certificate: bytes
+    def __init__(self, version: _Optional[str] = ..., document: _Optional[bytes] = ..., signature: _Optional[bytes] = ..., signer_certificate: _Optional[bytes] = ...) -> None: ...
 
 class ClusterInfo(_message.Message):
-    __slots__ = ("nodes", "version")
+    __slots__ = ("nodes", "version", "policy")
     NODES_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
+    POLICY_FIELD_NUMBER: _ClassVar[int]
     nodes: _containers.RepeatedCompositeFieldContainer[NodeInfo]
     version: int
-    def __init__(self, nodes: _Optional[_Iterable[_Union[NodeInfo, _Mapping]]] = ..., version: _Optional[int] = ...) -> None: ...
+    policy: SignedPolicy
+    def __init__(self, nodes: _Optional[_Iterable[_Union[NodeInfo, _Mapping]]] = ..., version: _Optional[int] = ..., policy: _Optional[_Union[SignedPolicy, _Mapping]] = ...) -> None: ...
 
 class Reply(_message.Message):
     __slots__ = ("error", "welcome", "actor", "cluster", "inline_blob")
@@ -461,20 +523,22 @@ class ToWorker(_message.Message):
     def __init__(self, server: _Optional[_Union[ServerMessage, _Mapping]] = ..., execute: _Optional[_Union[ExecuteTask, _Mapping]] = ..., cancel: _Optional[_Union[CancelTask, _Mapping]] = ..., reclaim: _Optional[_Union[Reclaim, _Mapping]] = ...) -> None: ...
 
 class ObjectLocation(_message.Message):
-    __slots__ = ("object_id", "tenant", "inline_blob", "stored_size", "error", "contained_ids")
+    __slots__ = ("object_id", "tenant", "inline_blob", "stored_size", "error", "contained_ids", "residency")
     OBJECT_ID_FIELD_NUMBER: _ClassVar[int]
     TENANT_FIELD_NUMBER: _ClassVar[int]
     INLINE_BLOB_FIELD_NUMBER: _ClassVar[int]
     STORED_SIZE_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
     CONTAINED_IDS_FIELD_NUMBER: _ClassVar[int]
+    RESIDENCY_FIELD_NUMBER: _ClassVar[int]
     object_id: bytes
     tenant: str
     inline_blob: bytes
     stored_size: int
     error: ErrorInfo
     contained_ids: _containers.RepeatedScalarFieldContainer[bytes]
-    def __init__(self, object_id: _Optional[bytes] = ..., tenant: _Optional[str] = ..., inline_blob: _Optional[bytes] = ..., stored_size: _Optional[int] = ..., error: _Optional[_Union[ErrorInfo, _Mapping]] = ..., contained_ids: _Optional[_Iterable[bytes]] = ...) -> None: ...
+    residency: str
+    def __init__(self, object_id: _Optional[bytes] = ..., tenant: _Optional[str] = ..., inline_blob: _Optional[bytes] = ..., stored_size: _Optional[int] = ..., error: _Optional[_Union[ErrorInfo, _Mapping]] = ..., contained_ids: _Optional[_Iterable[bytes]] = ..., residency: _Optional[str] = ...) -> None: ...
 
 class TaskFinished(_message.Message):
     __slots__ = ("task_id", "returns", "tenant")
@@ -565,7 +629,7 @@ class RegisterNode(_message.Message):
     def __init__(self, address: _Optional[str] = ..., region: _Optional[str] = ..., resources: _Optional[_Mapping[str, float]] = ..., labels: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class NodeReport(_message.Message):
-    __slots__ = ("available", "running_tasks", "queued_tasks", "workers", "register")
+    __slots__ = ("available", "running_tasks", "queued_tasks", "workers", "register", "tenant_load")
     class AvailableEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -573,17 +637,26 @@ class NodeReport(_message.Message):
         key: str
         value: float
         def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
+    class TenantLoadEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: TenantLoad
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[_Union[TenantLoad, _Mapping]] = ...) -> None: ...
     AVAILABLE_FIELD_NUMBER: _ClassVar[int]
     RUNNING_TASKS_FIELD_NUMBER: _ClassVar[int]
     QUEUED_TASKS_FIELD_NUMBER: _ClassVar[int]
     WORKERS_FIELD_NUMBER: _ClassVar[int]
     REGISTER_FIELD_NUMBER: _ClassVar[int]
+    TENANT_LOAD_FIELD_NUMBER: _ClassVar[int]
     available: _containers.ScalarMap[str, float]
     running_tasks: int
     queued_tasks: int
     workers: int
     register: RegisterNode
-    def __init__(self, available: _Optional[_Mapping[str, float]] = ..., running_tasks: _Optional[int] = ..., queued_tasks: _Optional[int] = ..., workers: _Optional[int] = ..., register: _Optional[_Union[RegisterNode, _Mapping]] = ...) -> None: ...
+    tenant_load: _containers.MessageMap[str, TenantLoad]
+    def __init__(self, available: _Optional[_Mapping[str, float]] = ..., running_tasks: _Optional[int] = ..., queued_tasks: _Optional[int] = ..., workers: _Optional[int] = ..., register: _Optional[_Union[RegisterNode, _Mapping]] = ..., tenant_load: _Optional[_Mapping[str, TenantLoad]] = ...) -> None: ...
 
 class ActorRecord(_message.Message):
     __slots__ = ("info",)
@@ -606,3 +679,13 @@ class LookupActor(_message.Message):
 class Empty(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
+
+class PolicyRequest(_message.Message):
+    __slots__ = ("text", "filename", "dry_run")
+    TEXT_FIELD_NUMBER: _ClassVar[int]
+    FILENAME_FIELD_NUMBER: _ClassVar[int]
+    DRY_RUN_FIELD_NUMBER: _ClassVar[int]
+    text: str
+    filename: str
+    dry_run: bool
+    def __init__(self, text: _Optional[str] = ..., filename: _Optional[str] = ..., dry_run: _Optional[bool] = ...) -> None: ...

@@ -59,6 +59,16 @@ class HeadStub:
                 request_serializer=fabric__pb2.Empty.SerializeToString,
                 response_deserializer=fabric__pb2.ClusterInfo.FromString,
                 _registered_method=True)
+        self.ApplyPolicy = channel.unary_unary(
+                '/fabric.v1.Head/ApplyPolicy',
+                request_serializer=fabric__pb2.PolicyRequest.SerializeToString,
+                response_deserializer=fabric__pb2.SignedPolicy.FromString,
+                _registered_method=True)
+        self.GetPolicy = channel.unary_unary(
+                '/fabric.v1.Head/GetPolicy',
+                request_serializer=fabric__pb2.Empty.SerializeToString,
+                response_deserializer=fabric__pb2.SignedPolicy.FromString,
+                _registered_method=True)
 
 
 class HeadServicer:
@@ -96,6 +106,20 @@ class HeadServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ApplyPolicy(self, request, context):
+        """Operators: validate, version, sign and distribute a policy. Any identity: the active one
+        (a tenant sees its own part of it).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetPolicy(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_HeadServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -123,6 +147,16 @@ def add_HeadServicer_to_server(servicer, server):
                     servicer.Status,
                     request_deserializer=fabric__pb2.Empty.FromString,
                     response_serializer=fabric__pb2.ClusterInfo.SerializeToString,
+            ),
+            'ApplyPolicy': grpc.unary_unary_rpc_method_handler(
+                    servicer.ApplyPolicy,
+                    request_deserializer=fabric__pb2.PolicyRequest.FromString,
+                    response_serializer=fabric__pb2.SignedPolicy.SerializeToString,
+            ),
+            'GetPolicy': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetPolicy,
+                    request_deserializer=fabric__pb2.Empty.FromString,
+                    response_serializer=fabric__pb2.SignedPolicy.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -260,6 +294,60 @@ class Head:
             '/fabric.v1.Head/Status',
             fabric__pb2.Empty.SerializeToString,
             fabric__pb2.ClusterInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ApplyPolicy(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fabric.v1.Head/ApplyPolicy',
+            fabric__pb2.PolicyRequest.SerializeToString,
+            fabric__pb2.SignedPolicy.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetPolicy(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fabric.v1.Head/GetPolicy',
+            fabric__pb2.Empty.SerializeToString,
+            fabric__pb2.SignedPolicy.FromString,
             options,
             channel_credentials,
             insecure,

@@ -1,0 +1,222 @@
+"""Applying, showing and enforcing a policy on a running cluster (one host, two regions).
+
+The head starts under `configs/policy-two-tenants.yaml`; operators apply new versions with
+`fabric policy apply`, which the head signs and every agent verifies before using.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from fabric.cli.main import main as cli_main
+from fabric.policy import load_policy, load_policy_text
+
+import fabric
+from fabric._cluster import LocalCluster, NodeSpec
+from fabric._pki import CertificateAuthority, CredentialPaths, Credentials
+from fabric._policy_bundle import PolicyBundleError, sign_policy, verify_policy
+from fabric.exceptions import PlacementRefusedError, QuotaExceededError
+from tests.conftest import wait_for
+from tests.sessions import acting_as, tenant_session
+
+CONFIGS = Path(__file__).parent.parent / "configs"
+POLICY = CONFIGS / "policy-two-tenants.yaml"
+TIMEOUT = 30.0
+
+
+@pytest.fixture(scope="module")
+def governed() -> Iterator[LocalCluster]:
+    nodes = [
+        NodeSpec("eu-west-1", "eu-west", {"CPU": 2}),
+        NodeSpec("us-east-1", "us-east", {"CPU": 2}),
+    ]
+    with LocalCluster(nodes, tenants=["alice", "bob"], policy=POLICY) as cluster:
+        yield cluster
+
+
+def run(capsys: pytest.CaptureFixture[str], *args: str | Path) -> tuple[int, str, str]:
+    code = cli_main([str(a) for a in args])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def head_args(cluster: LocalCluster, identity: str = "operator/admin") -> list[str]:
+    return [
+        "--address",
+        cluster.head_address,
+        "--certs",
+        str(cluster.certs_dir),
+        "--identity",
+        identity,
+    ]
+
+
+def policy_variant(tmp_path: Path, old: str, new: str) -> Path:
+    text = POLICY.read_text()
+    assert old in text
+    path = tmp_path / "policy.yaml"
+    path.write_text(text.replace(old, new))
+    return path
+
+
+@fabric.remote
+def nap(seconds: float) -> str:
+    time.sleep(seconds)
+    return fabric.get_runtime_context().region
+
+
+def test_show_prints_the_policy_in_force_and_its_version(
+    governed: LocalCluster, capsys: pytest.CaptureFixture[str]
+) -> None:
+    version = load_policy(POLICY).version
+    code, out, _ = run(capsys, "policy", "show", *head_args(governed), "--json")
+    assert code == 0
+    shown = json.loads(out)
+    assert shown["version"] == version
+    assert set(shown["document"]["tenants"]) == {"alice", "bob"}
+    # A tenant sees the regions and its own part, not who else shares the cluster.
+    code, out, _ = run(capsys, "policy", "show", *head_args(governed, "tenant/alice"))
+    assert code == 0
+    assert f"# policy version {version}" in out
+    assert "alice" in out and "bob" not in out and "operator/" not in out
+
+
+def test_a_bad_policy_is_refused_whole(
+    governed: LocalCluster, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    before = load_policy(POLICY).version
+    typo = policy_variant(
+        tmp_path, "residency:\n      default: EU", "residancy:\n      default: EU"
+    )
+    code, _, err = run(capsys, "policy", "apply", typo, *head_args(governed))
+    assert code == 1
+    assert "nothing was applied" in err and "did you mean 'residency'" in err
+    # A policy that would disown a live node's region is refused too.
+    disowned = policy_variant(tmp_path, '"node/us-east-*"', '"node/us-west-*"')
+    code, _, err = run(capsys, "policy", "apply", disowned, *head_args(governed))
+    assert code == 1
+    assert "us-east-1 may not claim region 'us-east'" in err
+    # Only operators apply: a tenant is refused by the head's interceptor.
+    code, _, err = run(capsys, "policy", "apply", POLICY, *head_args(governed, "tenant/alice"))
+    assert code == 1 and "refused" in err
+    code, out, _ = run(capsys, "policy", "show", *head_args(governed), "--json")
+    assert json.loads(out)["version"] == before
+
+
+def test_an_applied_policy_reaches_every_agent_and_governs_new_work(
+    governed: LocalCluster, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    # bob's data, unrestricted so far, must now stay in the US.
+    strict = policy_variant(tmp_path, "default: any", "default: US")
+    version = load_policy(strict).version
+    code, out, _ = run(capsys, "policy", "apply", strict, "--dry-run", *head_args(governed))
+    assert (code, out.strip()) == (0, f"{strict}: would apply policy version {version}")
+    with tenant_session(governed, "bob", "us-east-1") as bob, acting_as(bob):
+        assert bob.policy_version != version
+        # Admitted under the old version, placed in the EU: it keeps that version.
+        running = nap.options(region="eu-west").remote(2.0)
+        code, _, _ = run(capsys, "policy", "apply", strict, *head_args(governed))
+        assert code == 0
+        for node in ("eu-west-1", "us-east-1"):
+            wait_for(
+                functools.partial(_has_version, governed, node, version),
+                what=f"{node} to use policy {version}",
+            )
+        assert fabric.get(running, timeout=TIMEOUT) == "eu-west"
+    with tenant_session(governed, "bob", "us-east-1") as bob, acting_as(bob):
+        with pytest.raises(PlacementRefusedError, match=f"residency.inputs.*policy {version}"):
+            fabric.get(nap.options(region="eu-west").remote(0), timeout=TIMEOUT)
+        assert fabric.get(nap.remote(0), timeout=TIMEOUT) == "us-east"
+    code, _, _ = run(capsys, "policy", "apply", POLICY, *head_args(governed))
+    assert code == 0
+
+
+def _has_version(cluster: LocalCluster, node: str, version: str) -> bool:
+    return _welcome_version(cluster, node) == version
+
+
+def _welcome_version(cluster: LocalCluster, node: str) -> str:
+    with tenant_session(cluster, "bob", node) as client:
+        return client.policy_version
+
+
+def test_a_quota_refuses_work_at_admission(
+    governed: LocalCluster, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    limited = policy_variant(tmp_path, "tasks: 10000", "tasks: 1")
+    version = load_policy(limited).version
+    assert run(capsys, "policy", "apply", limited, *head_args(governed))[0] == 0
+    try:
+        wait_for(
+            lambda: _welcome_version(governed, "eu-west-1") == version,
+            what="the quota policy on eu-west-1",
+        )
+        with tenant_session(governed, "alice", "eu-west-1") as alice, acting_as(alice):
+            first = nap.remote(1.0)
+            with pytest.raises(QuotaExceededError, match=r"tasks quota.*quota\.tasks"):
+                fabric.get(nap.remote(0), timeout=TIMEOUT)
+            assert fabric.get(first, timeout=TIMEOUT) in ("eu-west", "eu-central")
+            # Once the first has finished, there is room again.
+            assert fabric.get(nap.remote(0), timeout=TIMEOUT) == "eu-west"
+    finally:
+        assert run(capsys, "policy", "apply", POLICY, *head_args(governed))[0] == 0
+
+
+# ----------------------------------------------------------------------------- bundles
+
+
+@pytest.fixture(scope="module")
+def ca(tmp_path_factory: pytest.TempPathFactory) -> CertificateAuthority:
+    ca = CertificateAuthority.create(tmp_path_factory.mktemp("bundle-ca"))
+    for name in ("head", "eu-west-1"):
+        ca.issue("node", name)
+    return ca
+
+
+def _creds(ca: CertificateAuthority, name: str) -> Credentials:
+    issued = ca.directory / "issued"
+    return Credentials.load(
+        CredentialPaths(
+            cert=issued / f"node-{name}.pem",
+            key=issued / f"node-{name}.key",
+            ca=ca.directory / "ca.pem",
+            crl=ca.directory / "crl.pem",
+        )
+    )
+
+
+def test_agents_accept_only_bundles_the_head_signed(ca: CertificateAuthority) -> None:
+    policy = load_policy(POLICY)
+    head = _creds(ca, "head")
+    signed = sign_policy(policy, head)
+    assert verify_policy(signed, head.ca_pem).version == policy.version
+
+    tampered = type(signed)()
+    tampered.CopyFrom(signed)
+    tampered.document = signed.document.replace(b'"EU"', b'"US"', 1)
+    with pytest.raises(PolicyBundleError, match="signature does not match"):
+        verify_policy(tampered, head.ca_pem)
+
+    by_a_node = sign_policy(policy, _creds(ca, "eu-west-1"))
+    with pytest.raises(PolicyBundleError, match="not by the head"):
+        verify_policy(by_a_node, head.ca_pem)
+
+    relabelled = type(signed)()
+    relabelled.CopyFrom(signed)
+    relabelled.version = "0" * 16
+    with pytest.raises(PolicyBundleError, match="digests to"):
+        verify_policy(relabelled, head.ca_pem)
+
+    other_ca = CertificateAuthority.create(ca.directory.parent / "other")
+    with pytest.raises(PolicyBundleError, match="does not check out"):
+        verify_policy(signed, (other_ca.directory / "ca.pem").read_bytes())
+
+
+def test_policy_text_round_trips_to_the_same_version() -> None:
+    text = POLICY.read_text()
+    assert load_policy_text(text, "x.yaml").version == load_policy(POLICY).version
