@@ -70,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description="Run the benchmark workloads on one system and print JSON lines."
     )
-    parser.add_argument("--system", choices=("fabric", "ray"), required=True)
+    parser.add_argument("--system", choices=("fabric", "fabric-policy", "ray"), required=True)
     parser.add_argument("--only", default=None, help="comma-separated benchmark names")
     parser.add_argument("--quick", action="store_true", help="small counts, for smoke tests")
     args = parser.parse_args(argv)
@@ -97,13 +97,17 @@ def main(argv: list[str] | None = None) -> int:
         "quick": args.quick,
         "python": platform.python_version(),
     }
+    module = "fabric" if args.system == "fabric-policy" else args.system
+    governed = None
     try:
+        if args.system == "fabric-policy":
+            governed = _governed_cluster()
         # importlib rather than ``import fabric as ray`` / ``import ray``: the
         # module is chosen at run time and only that one must be importable.
-        system = importlib.import_module(args.system)
-        done["version"] = _version(args.system, system)
+        system = importlib.import_module(module)
+        done["version"] = _version(module, system)
         figures = workloads.run_all(
-            system, names, args.quick, init_kwargs=_init_kwargs(args.system), report=report
+            system, names, args.quick, init_kwargs=_init_kwargs(module), report=report
         )
     except Exception:
         tb = traceback.format_exc()
@@ -111,9 +115,34 @@ def main(argv: list[str] | None = None) -> int:
         done.update(figures={}, errors=errors, fatal=tb)
         _emit(done)
         return 1
+    finally:
+        if governed is not None:
+            governed.stop()
     done.update(figures=figures, errors=errors)
     _emit(done)
     return 1 if errors else 0
+
+
+POLICY = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
+
+
+def _governed_cluster() -> Any:
+    """The same one-node, two-CPU cluster as the embedded default, but under the
+    two-tenant, three-region policy, with the driver connected as tenant alice (whose
+    data must stay in the EU): every submit, placement, put and get goes through the
+    policy's admission, residency and region rules. `init()` then connects to it."""
+    from fabric._cluster import LocalCluster, NodeSpec
+
+    cluster = LocalCluster(
+        [NodeSpec("eu-west-1", "eu-west", {"CPU": float(NUM_CPUS)})],
+        tenants=["alice", "bob"],
+        policy=os.path.join(POLICY, "policy-two-tenants.yaml"),
+    )
+    cluster.start()
+    os.environ["FABRIC_ADDRESS"] = cluster.agent_addresses["eu-west-1"]
+    os.environ["FABRIC_CERTS"] = str(cluster.certs_dir)
+    os.environ["FABRIC_IDENTITY"] = "tenant/alice"
+    return cluster
 
 
 if __name__ == "__main__":

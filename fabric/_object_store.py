@@ -398,6 +398,11 @@ class ObjectStore:
         """Bytes of all accounted objects."""
         return self._used
 
+    def tenant_bytes(self, tenant: str) -> int:
+        """Bytes of `tenant`'s accounted objects."""
+        t = self._tenants.get(tenant)
+        return t.used if t is not None else 0
+
     def bytes_by_tenant(self) -> dict[str, int]:
         """Bytes of accounted objects per tenant (every tenant with a directory)."""
         return {name: t.used for name, t in self._tenants.items()}

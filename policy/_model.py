@@ -10,6 +10,7 @@ policy, which has no regions of its own.
 from __future__ import annotations
 
 import fnmatch
+import functools
 import hashlib
 import json
 from collections.abc import Mapping
@@ -67,8 +68,9 @@ class Policy:
     document: Mapping[str, Any] = field(default_factory=dict)
     open: bool = False  # the default policy: every identity is its own tenant, anywhere
 
-    @property
+    @functools.cached_property
     def version(self) -> str:
+        # Computed once: the document is the policy's content and does not change.
         return policy_version(self.document) if not self.open else "default"
 
     # -- identities ------------------------------------------------------------------
@@ -180,13 +182,16 @@ def policy_version(document: Mapping[str, Any]) -> str:
 
 
 def intersect(a: Regions, b: Regions) -> Regions:
-    if a is None:
+    if a is None or a is b:
         return b
     if b is None:
         return a
     return a & b
 
 
+# Every task and object carries a region set: the few distinct ones a policy yields are
+# encoded and decoded once each, and decoding hands back the same set objects.
+@functools.lru_cache(maxsize=4096)
 def encode_regions(regions: Regions) -> str:
     """Wire form: "" for unrestricted, else the sorted names joined by commas."""
     if regions is None:
@@ -194,6 +199,7 @@ def encode_regions(regions: Regions) -> str:
     return ",".join(sorted(regions)) or "!"  # "!": the empty set, nowhere
 
 
+@functools.lru_cache(maxsize=4096)
 def decode_regions(text: str) -> Regions:
     if text == "":
         return None

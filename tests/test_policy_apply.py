@@ -167,6 +167,39 @@ def test_a_quota_refuses_work_at_admission(
         assert run(capsys, "policy", "apply", POLICY, *head_args(governed))[0] == 0
 
 
+@fabric.remote
+def interval(seconds: float) -> tuple[float, float]:
+    start = time.time()
+    time.sleep(seconds)
+    return start, time.time()
+
+
+def test_a_cpu_quota_makes_work_wait_and_refuses_what_never_fits(
+    governed: LocalCluster, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    limited = policy_variant(tmp_path, "cpus: 64", "cpus: 1")
+    version = load_policy(limited).version
+    assert run(capsys, "policy", "apply", limited, *head_args(governed))[0] == 0
+    try:
+        wait_for(
+            lambda: _welcome_version(governed, "eu-west-1") == version,
+            what="the quota policy on eu-west-1",
+        )
+        with tenant_session(governed, "alice", "eu-west-1") as alice, acting_as(alice):
+            # The node has 2 CPUs, alice may hold 1: her two tasks run one after the other.
+            spans = sorted(
+                fabric.get(
+                    [interval.options(region="eu-west").remote(0.3) for _ in range(2)],
+                    timeout=TIMEOUT,
+                )
+            )
+            assert spans[0][1] <= spans[1][0], spans
+            with pytest.raises(QuotaExceededError, match=r"quota\.cpus"):
+                fabric.get(interval.options(num_cpus=2).remote(0), timeout=TIMEOUT)
+    finally:
+        assert run(capsys, "policy", "apply", POLICY, *head_args(governed))[0] == 0
+
+
 # ----------------------------------------------------------------------------- bundles
 
 

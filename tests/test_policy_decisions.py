@@ -27,7 +27,7 @@ from typing import Any
 
 import pytest
 from fabric.policy import _decision as decision_module
-from fabric.policy._admission import QUOTA_RULES, Usage, decide_admission
+from fabric.policy._admission import QUOTA_RULES, Usage, decide_admission, quota_allows
 from fabric.policy._decision import (
     POLICY_RULES,
     Decision,
@@ -1311,10 +1311,10 @@ def test_within_quotas_is_admitted() -> None:
             "actors quota on this node: 1 held + 1 asked > 1",
         ),
         (
-            Usage(cpus=3.5),
-            {"resources": {"CPU": 1.0}},
+            Usage(cpus=3.5),  # held by running work: the scheduler's business, not admission's
+            {"resources": {"CPU": 5.0}},
             "quota.cpus",
-            "cpus quota on this node: 3.5 held + 1 asked > 4",
+            "cpus quota on this node: 0 held + 5 asked > 4",
         ),
         (
             Usage(),
@@ -1324,9 +1324,9 @@ def test_within_quotas_is_admitted() -> None:
         ),
         (
             Usage(memory=999),
-            {"resources": {"memory": 2}},
+            {"resources": {"memory": 1001}},
             "quota.memory",
-            "memory quota on this node: 999 held + 2 asked > 1000",
+            "memory quota on this node: 0 held + 1001 asked > 1000",
         ),
         (
             Usage(object_store=5000),
@@ -1384,9 +1384,23 @@ def test_quotas_are_checked_in_a_fixed_order() -> None:
     )
     assert decision.rule_ids == ("quota.tasks",)
     decision = decide_admission(
-        LIMITED, "alice", Usage(cpus=4), resources={"CPU": 1.0, "memory": 10**9}
+        LIMITED, "alice", Usage(cpus=4), resources={"CPU": 5.0, "memory": 10**9}
     )
     assert decision.rule_ids == ("quota.cpus",)
+
+
+def test_resource_quotas_cap_what_running_work_holds() -> None:
+    """Admission refuses only a request larger than the quota; the scheduler asks
+    `quota_allows` before it starts work, so queued work waits for room."""
+    assert decide_admission(LIMITED, "alice", Usage(cpus=4), resources={"CPU": 4.0}).outcome is (
+        Outcome.PLACE
+    )
+    assert quota_allows(LIMITED, "alice", {"CPU": 3.0}, (("CPU", 1.0),))
+    assert not quota_allows(LIMITED, "alice", {"CPU": 3.5}, (("CPU", 1.0),))
+    assert not quota_allows(LIMITED, "alice", {}, (("GPU", 2.0),))
+    assert quota_allows(LIMITED, "alice", {"CPU": 4.0}, (("custom", 9.0),))
+    assert quota_allows(POLICY, "bob", {"CPU": 1e9}, (("CPU", 1e9),))
+    assert not quota_allows(LIMITED, "mallory", {}, ())
 
 
 def test_no_quota_means_unlimited() -> None:

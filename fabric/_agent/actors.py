@@ -124,6 +124,7 @@ class Actors(Dispatch):
             asyncio.get_running_loop().create_task(self.directory.register_actor(info))
         for name, amount in actor.resources.items():
             self.available[name] = self.available.get(name, 0.0) - amount
+        self._hold(spec.tenant, tuple(actor.resources.items()), 1)
         self._prepare_args(task, lambda: self._spawn_actor_worker(actor))
         if task.missing_args == 0:
             self._spawn_actor_worker(actor)
@@ -240,6 +241,7 @@ class Actors(Dispatch):
         actor.queued.clear()
         for name, amount in actor.resources.items():
             self.available[name] = self.available.get(name, 0.0) + amount
+        self._hold(actor.tenant, tuple(actor.resources.items()), -1)
         actor.resources = {}
         if first_start:
             self._fail(actor.creation, error)

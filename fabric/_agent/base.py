@@ -31,7 +31,7 @@ from fabric._serialization import (
     read_header,
 )
 from fabric.policy import Decision
-from fabric.policy._admission import Usage
+from fabric.policy._admission import Usage, quota_allows
 from fabric.policy._model import OPEN_POLICY, Policy
 
 log = logging.getLogger("fabric._agent.node")
@@ -152,6 +152,7 @@ class AgentBase:
         self.policy: Policy = OPEN_POLICY
         self.policies: dict[str, Policy] = {OPEN_POLICY.version: OPEN_POLICY}
         self.usage: dict[str, Usage] = {}  # per tenant: admitted here and unfinished
+        self.held: dict[str, dict[str, float]] = {}  # per tenant: held by running work
         self.on_load_change: Callable[[], None] = lambda: None
         self._dispatch_scheduled = False
         self._placing_timer = False
@@ -182,6 +183,17 @@ class AgentBase:
             if usage is not None:
                 usage.tasks -= 1
                 usage.add(task.spec.resources, -1)
+
+    def _hold(self, tenant: str, shape: Shape, sign: int) -> None:
+        held = self.held.setdefault(tenant, {})
+        for name, amount in shape:
+            held[name] = held.get(name, 0.0) + sign * amount
+
+    def _quota_allows(self, tenant: str, shape: Shape) -> bool:
+        policy = self.policy
+        if policy.open:
+            return True
+        return quota_allows(policy, tenant, self.held.get(tenant, {}), shape)
 
     def _region_of(self, node_id: str) -> str:
         if node_id == self.node_id:

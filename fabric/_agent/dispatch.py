@@ -278,6 +278,8 @@ class Dispatch(ObjectTable):
                     queue.popleft()
                     self._fail(task, error)
                     continue
+                if not self._quota_allows(tenant, shape):
+                    break  # the tenant's running work holds its quota: wait
                 if fits(shape, spare):
                     if not idle:
                         # Free resources but no worker: start some rather than queue
@@ -396,12 +398,14 @@ class Dispatch(ObjectTable):
         for name, amount in shape:
             self.available[name] = self.available.get(name, 0.0) - amount
         worker.lease_shape = shape
+        self._hold(worker.tenant, shape, 1)
 
     def _end_lease(self, worker: Worker) -> None:
         shape = worker.lease_shape
         if shape is None:
             return
         worker.lease_shape = None
+        self._hold(worker.tenant, shape, -1)
         for name, amount in shape:
             if name == "CPU" and worker.lent:
                 continue  # already lent back while it was blocked

@@ -37,7 +37,7 @@ from fabric._serialization import (
     SerializationError,
 )
 from fabric.policy import Outcome
-from fabric.policy._admission import Usage, decide_admission
+from fabric.policy._admission import Usage, admission_refusal, decide_admission
 from fabric.policy._labels import LabelSelectorError, parse_selector
 from fabric.policy._model import ResidencyLabelError, decode_regions, encode_regions, intersect
 from fabric.policy._residency import Destination, decide_transfer
@@ -240,25 +240,27 @@ class NodeAgent(Actors):
         spec.residency = encode_regions(residency)
         if policy.open:
             return None
-        decision = decide_admission(
-            policy,
-            session.tenant,
-            self._usage(session.tenant),
-            tasks=1,
-            actors=1 if spec.kind == pb.ACTOR_CREATION else 0,
-            resources=spec.resources,
-        )
+        creation = spec.kind == pb.ACTOR_CREATION
+        usage = self._usage(session.tenant, actors=creation)
+        asked = {"tasks": 1, "actors": 1 if creation else 0, "resources": spec.resources}
+        if admission_refusal(policy, session.tenant, usage, **asked) is None:
+            if self.on_decision is None:
+                return None  # admitted; nobody records the decision, so none is made
+        decision = decide_admission(policy, session.tenant, usage, **asked)
+        self._record(decision, spec)
         if decision.outcome is Outcome.REFUSE:
-            self._record(decision, spec)
             return refusal(E.QUOTA_EXCEEDED, decision)
         return None
 
-    def _usage(self, tenant: str) -> Usage:
+    def _usage(self, tenant: str, *, actors: bool = False) -> Usage:
+        """What `tenant` holds here; its live actors are counted only when asked (an
+        actor creation), since that walks the sessions."""
         usage = self.usage.setdefault(tenant, Usage())
-        usage.object_store = self.store.bytes_by_tenant().get(tenant, 0)
-        usage.actors = sum(
-            len(s.owned_actors) for s in self.sessions.values() if s.tenant == tenant
-        )
+        usage.object_store = self.store.tenant_bytes(tenant)
+        if actors:
+            usage.actors = sum(
+                len(s.owned_actors) for s in self.sessions.values() if s.tenant == tenant
+            )
         return usage
 
     def _collision(self, tenant: str, spec: pb.TaskSpec) -> str | None:

@@ -18,6 +18,7 @@ from fabric._serialization import (
     read_header,
 )
 from fabric.policy import Outcome
+from fabric.policy._admission import Usage, decide_admission
 from fabric.policy._model import Regions, ResidencyLabelError, encode_regions, intersect
 from fabric.policy._residency import Destination, decide_transfer
 
@@ -75,6 +76,8 @@ class ObjectTable(AgentBase):
             raise ObjectStoreError(f"invalid or duplicate object id {object_id.hex()}")
         entry = ObjEntry(tenant=session.tenant, state=ObjState.READY)
         problem = self._put_residency(session, object_id, entry, put.residency_label)
+        if problem is None and not self.policy.open:
+            problem = self._put_quota(session, object_id, put)
         if problem is not None:
             # The get of this ref raises the refusal; nothing of the value is kept.
             if put.WhichOneof("value") == "sealed_size":
@@ -125,6 +128,17 @@ class ObjectTable(AgentBase):
         self._record(decision)
         if decision.outcome is Outcome.REFUSE:
             return refusal(E.RESIDENCY_REFUSED, decision)
+        return None
+
+    def _put_quota(
+        self, session: Session, object_id: bytes, put: pb.PutObject
+    ) -> pb.ErrorInfo | None:
+        size = len(put.inline_blob) if put.WhichOneof("value") == "inline_blob" else put.sealed_size
+        usage = Usage(object_store=self.store.tenant_bytes(session.tenant))
+        decision = decide_admission(self.policy, session.tenant, usage, object_bytes=size)
+        if decision.outcome is Outcome.REFUSE:
+            self._record(decision)
+            return refusal(E.QUOTA_EXCEEDED, decision)
         return None
 
     def _driver_refusal(
