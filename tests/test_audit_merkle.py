@@ -1,0 +1,1012 @@
+"""The audit log's integrity core: RFC 9162 Merkle proofs and C2SP signed checkpoints.
+
+Three anchors outside the code under test: the Certificate Transparency test vectors (as
+in certificate-transparency-go, Trillian and transparency-dev/merkle), a second RFC 6962
+implementation written here the straightforward recursive way, and the reference note of
+Go's golang.org/x/mod/sumdb/note. Checkpoint error messages are pinned: an operator reads them.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import re
+from collections.abc import Iterator, Sequence
+
+import fabric.audit
+import fabric.audit._merkle
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from fabric.audit import (
+    EMPTY_ROOT,
+    AuditError,
+    BadSignatureError,
+    Checkpoint,
+    CheckpointError,
+    CompactRange,
+    KeyFormatError,
+    MalformedCheckpointError,
+    TreeNode,
+    UnknownKeyError,
+    consistency_proof,
+    consistency_proof_from,
+    encode_vkey,
+    inclusion_proof,
+    inclusion_proof_from,
+    key_hash,
+    leaf_hash,
+    nodes_from_leaves,
+    parse_vkey,
+    root_hash,
+    root_hash_from,
+    sign_checkpoint,
+    subtree_hash,
+    verify_checkpoint,
+    verify_consistency,
+    verify_inclusion,
+)
+from fabric.audit._checkpoint import open_note, sign_note
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from fabric.exceptions import FabricError
+
+
+def test_public_api_is_exactly_this() -> None:
+    assert sorted(fabric.audit.__all__) == [
+        "AuditError",
+        "BadSignatureError",
+        "Checkpoint",
+        "CheckpointError",
+        "CompactRange",
+        "EMPTY_ROOT",
+        "HASH_SIZE",
+        "KeyFormatError",
+        "MalformedCheckpointError",
+        "NodeHash",
+        "TreeNode",
+        "UnknownKeyError",
+        "consistency_proof",
+        "consistency_proof_from",
+        "encode_vkey",
+        "inclusion_proof",
+        "inclusion_proof_from",
+        "key_hash",
+        "leaf_hash",
+        "nodes_from_leaves",
+        "parse_vkey",
+        "root_hash",
+        "root_hash_from",
+        "sign_checkpoint",
+        "subtree_hash",
+        "verify_checkpoint",
+        "verify_consistency",
+        "verify_inclusion",
+    ]
+    public = {name for name in vars(fabric.audit) if not name.startswith("_")}
+    assert public - set(fabric.audit.__all__) == set()
+
+
+def test_every_error_derives_from_the_package_root() -> None:
+    errors = [
+        value
+        for value in vars(fabric.audit).values()
+        if isinstance(value, type) and issubclass(value, BaseException)
+    ]
+    assert len(errors) == 6
+    assert all(issubclass(error, AuditError) for error in errors)
+    assert issubclass(AuditError, FabricError)
+
+
+# --- the Certificate Transparency test vectors -------------------------------------------
+# The 8 leaf inputs and the expected roots and proofs of certificate-transparency-go's and
+# Trillian's merkle tests (now transparency-dev/merkle, proof/verify_test.go). Indices here
+# count from 0; the Go tables count inclusion-proof leaves from 1.
+
+
+def h(hex_digest: str) -> bytes:
+    return bytes.fromhex(hex_digest)
+
+
+LEAF_INPUTS = [
+    h(""),
+    h("00"),
+    h("10"),
+    h("2021"),
+    h("3031"),
+    h("40414243"),
+    h("5051525354555657"),
+    h("606162636465666768696a6b6c6d6e6f"),
+]
+LEAVES = [leaf_hash(entry) for entry in LEAF_INPUTS]
+
+ROOTS = {  # tree size -> root hash
+    0: h("e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"),
+    1: h("6e340b9cffb37a989ca544e6bb780a2c78901d3fb33738768511a30617afa01d"),
+    2: h("fac54203e7cc696cf0dfcb42c92a1d9dbaf70ad9e621f4bd8d98662f00e3c125"),
+    3: h("aeb6bcfe274b70a14fb067a5e5578264db0fa9b51af5e0ba159158f329e06e77"),
+    4: h("d37ee418976dd95753c1c73862b9398fa2a2cf9b4ff0fdfe8b30cd95209614b7"),
+    5: h("4e3bbb1f7b478dcfe71fb631631519a3bca12c9aefca1612bfce4c13a86264d4"),
+    6: h("76e67dadbcdf1e10e1b74ddc608abd2f98dfb16fbce75277b5232a127f2087ef"),
+    7: h("ddb89be403809e325750d3d263cd78929c2942b7942a34b77e122c9594a74c8c"),
+    8: h("5dc9da79a70659a9ad559cb701ded9a2ab9d823aad2f4960cfe370eff4604328"),
+}
+
+INCLUSION_PROOFS = [  # (leaf index, tree size, proof)
+    (0, 1, []),
+    (
+        0,
+        8,
+        [
+            h("96a296d224f285c67bee93c30f8a309157f0daa35dc5b87e410b78630a09cfc7"),
+            h("5f083f0a1a33ca076a95279832580db3e0ef4584bdff1f54c8a360f50de3031e"),
+            h("6b47aaf29ee3c2af9af889bc1fb9254dabd31177f16232dd6aab035ca39bf6e4"),
+        ],
+    ),
+    (
+        5,
+        8,
+        [
+            h("bc1a0643b12e4d2d7c77918f44e0f4f79a838b6cf9ec5b5c283e1f4d88599e6b"),
+            h("ca854ea128ed050b41b35ffc1b87b8eb2bde461e9e3b5596ece6b9d5975a0ae0"),
+            h("d37ee418976dd95753c1c73862b9398fa2a2cf9b4ff0fdfe8b30cd95209614b7"),
+        ],
+    ),
+    (2, 3, [h("fac54203e7cc696cf0dfcb42c92a1d9dbaf70ad9e621f4bd8d98662f00e3c125")]),
+    (
+        1,
+        5,
+        [
+            h("6e340b9cffb37a989ca544e6bb780a2c78901d3fb33738768511a30617afa01d"),
+            h("5f083f0a1a33ca076a95279832580db3e0ef4584bdff1f54c8a360f50de3031e"),
+            h("bc1a0643b12e4d2d7c77918f44e0f4f79a838b6cf9ec5b5c283e1f4d88599e6b"),
+        ],
+    ),
+]
+
+CONSISTENCY_PROOFS = [  # (old size, new size, proof)
+    (1, 1, []),
+    (
+        1,
+        8,
+        [
+            h("96a296d224f285c67bee93c30f8a309157f0daa35dc5b87e410b78630a09cfc7"),
+            h("5f083f0a1a33ca076a95279832580db3e0ef4584bdff1f54c8a360f50de3031e"),
+            h("6b47aaf29ee3c2af9af889bc1fb9254dabd31177f16232dd6aab035ca39bf6e4"),
+        ],
+    ),
+    (
+        6,
+        8,
+        [
+            h("0ebc5d3437fbe2db158b9f126a1d118e308181031d0a949f8dededebc558ef6a"),
+            h("ca854ea128ed050b41b35ffc1b87b8eb2bde461e9e3b5596ece6b9d5975a0ae0"),
+            h("d37ee418976dd95753c1c73862b9398fa2a2cf9b4ff0fdfe8b30cd95209614b7"),
+        ],
+    ),
+    (
+        2,
+        5,
+        [
+            h("5f083f0a1a33ca076a95279832580db3e0ef4584bdff1f54c8a360f50de3031e"),
+            h("bc1a0643b12e4d2d7c77918f44e0f4f79a838b6cf9ec5b5c283e1f4d88599e6b"),
+        ],
+    ),
+    (
+        6,
+        7,
+        [
+            h("0ebc5d3437fbe2db158b9f126a1d118e308181031d0a949f8dededebc558ef6a"),
+            h("b08693ec2e721597130641e8211e7eedccb4c26413963eee6c1e2ed16ffb1a5f"),
+            h("d37ee418976dd95753c1c73862b9398fa2a2cf9b4ff0fdfe8b30cd95209614b7"),
+        ],
+    ),
+]
+
+SOME_HASH = h("abacaba000000000000000000000000000000000000000000060061e00123456")
+
+
+def test_the_empty_tree_has_the_hash_of_nothing() -> None:
+    assert root_hash([]) == EMPTY_ROOT == ROOTS[0]
+    assert CompactRange().root() == EMPTY_ROOT
+
+
+@pytest.mark.parametrize("size", range(1, 9))
+def test_known_roots(size: int) -> None:
+    assert root_hash(LEAVES[:size]) == ROOTS[size]
+    frontier = CompactRange()
+    for leaf in LEAVES[:size]:
+        frontier.append(leaf)
+    assert frontier.root() == ROOTS[size]
+
+
+@pytest.mark.parametrize(("index", "size", "proof"), INCLUSION_PROOFS)
+def test_known_inclusion_proofs(index: int, size: int, proof: list[bytes]) -> None:
+    assert inclusion_proof(index, LEAVES[:size]) == proof
+    assert verify_inclusion(index, size, LEAVES[index], proof, ROOTS[size])
+    for probe, args in corrupted_inclusion(index, size, LEAVES[index], proof, ROOTS[size]):
+        assert not verify_inclusion(*args), probe
+
+
+@pytest.mark.parametrize(("old_size", "new_size", "proof"), CONSISTENCY_PROOFS)
+def test_known_consistency_proofs(old_size: int, new_size: int, proof: list[bytes]) -> None:
+    assert consistency_proof(old_size, LEAVES[:new_size]) == proof
+    old_root, new_root = ROOTS[old_size], ROOTS[new_size]
+    assert verify_consistency(old_size, new_size, old_root, new_root, proof)
+    for probe, args in corrupted_consistency(old_size, new_size, old_root, new_root, proof):
+        assert not verify_consistency(*args), probe
+
+
+def test_every_bit_of_every_proof_of_the_known_tree_matters() -> None:
+    checked = 0
+    for size in range(1, 9):
+        tree = LEAVES[:size]
+        for index in range(size):
+            proof = inclusion_proof(index, tree)
+            for flipped in bit_flips(proof):
+                assert not verify_inclusion(index, size, tree[index], flipped, ROOTS[size])
+                checked += 1
+        for old_size in range(1, size):
+            proof = consistency_proof(old_size, tree)
+            for flipped in bit_flips(proof):
+                assert not verify_consistency(old_size, size, ROOTS[old_size], ROOTS[size], flipped)
+                checked += 1
+    assert checked > 20_000
+
+
+# --- the corruptions every proof must not survive ------------------------------------------
+
+InclusionArgs = tuple[int, int, bytes, list[bytes], bytes]
+ConsistencyArgs = tuple[int, int, bytes, bytes, list[bytes]]
+
+
+def bit_flips(proof: list[bytes]) -> Iterator[list[bytes]]:
+    """`proof` with one bit flipped, for every bit of every element."""
+    for i, element in enumerate(proof):
+        for bit in range(8 * len(element)):
+            changed = bytearray(element)
+            changed[bit // 8] ^= 1 << (bit % 8)
+            yield [*proof[:i], bytes(changed), *proof[i + 1 :]]
+
+
+def corrupted_inclusion(
+    index: int, size: int, leaf: bytes, proof: list[bytes], root: bytes
+) -> Iterator[tuple[str, InclusionArgs]]:
+    # The probes of transparency-dev/merkle's corruptInclusionProof, and some more. Other
+    # indices and sizes are tested exhaustively in test_matches_the_reference.
+    yield "index - 1", (index - 1, size, leaf, proof, root)
+    yield "index + 1", (index + 1, size, leaf, proof, root)
+    yield "index = size", (size, size, leaf, proof, root)
+    yield "size 0", (index, 0, leaf, proof, root)
+    yield "wrong leaf", (index, size, SOME_HASH, proof, root)
+    yield "short leaf", (index, size, leaf[:-1], proof, root)
+    yield "empty root", (index, size, leaf, proof, EMPTY_ROOT)
+    yield "random root", (index, size, leaf, proof, SOME_HASH)
+    yield "long root", (index, size, leaf, proof, root + b"\0")
+    if size > 1:  # in a tree of one leaf, the root is the leaf hash
+        yield "leaf as root", (index, size, leaf, proof, leaf)
+    yield "trailing garbage", (index, size, leaf, [*proof, b""], root)
+    yield "trailing root", (index, size, leaf, [*proof, root], root)
+    yield "trailing hash", (index, size, leaf, [*proof, SOME_HASH], root)
+    yield "preceding garbage", (index, size, leaf, [b"", *proof], root)
+    yield "preceding root", (index, size, leaf, [root, *proof], root)
+    yield "preceding leaf", (index, size, leaf, [leaf, *proof], root)
+    if proof:
+        yield "truncated", (index, size, leaf, proof[:-1], root)
+        yield "first removed", (index, size, leaf, proof[1:], root)
+        yield "duplicated", (index, size, leaf, [proof[0], *proof], root)
+        yield "short element", (index, size, leaf, [proof[0][:-1], *proof[1:]], root)
+        yield "long element", (index, size, leaf, [proof[0] + b"\0", *proof[1:]], root)
+    if len(proof) > 1:
+        yield "inserted", (index, size, leaf, [proof[0], SOME_HASH, *proof[1:]], root)
+        yield "swapped", (index, size, leaf, [proof[1], proof[0], *proof[2:]], root)
+
+
+def corrupted_consistency(
+    old_size: int, new_size: int, old_root: bytes, new_root: bytes, proof: list[bytes]
+) -> Iterator[tuple[str, ConsistencyArgs]]:
+    # The probes of transparency-dev/merkle's corruptConsistencyProof, and some more.
+    yield "old size 0", (0, new_size, old_root, new_root, proof)
+    yield "old size 0, empty tree", (0, new_size, EMPTY_ROOT, new_root, [])
+    yield "old size > new size", (new_size + 1, new_size, old_root, new_root, proof)
+    yield "wrong old root", (old_size, new_size, SOME_HASH, new_root, proof)
+    yield "wrong new root", (old_size, new_size, old_root, SOME_HASH, proof)
+    yield "short old root", (old_size, new_size, old_root[:-1], new_root, proof)
+    yield "long new root", (old_size, new_size, old_root, new_root + b"\0", proof)
+    if old_size == new_size:
+        yield "equal sizes, a proof", (old_size, new_size, old_root, new_root, [old_root])
+        return
+    yield "roots swapped", (old_size, new_size, new_root, old_root, proof)
+    yield "sizes swapped", (new_size, old_size, new_root, old_root, proof)
+    yield "empty proof", (old_size, new_size, old_root, new_root, [])
+    yield "trailing garbage", (old_size, new_size, old_root, new_root, [*proof, b""])
+    yield "trailing old root", (old_size, new_size, old_root, new_root, [*proof, old_root])
+    yield "trailing new root", (old_size, new_size, old_root, new_root, [*proof, new_root])
+    yield "preceding garbage", (old_size, new_size, old_root, new_root, [b"", *proof])
+    yield "preceding old root", (old_size, new_size, old_root, new_root, [old_root, *proof])
+    yield "preceding new root", (old_size, new_size, old_root, new_root, [new_root, *proof])
+    yield "duplicated", (old_size, new_size, old_root, new_root, [proof[0], *proof])
+    yield "truncated", (old_size, new_size, old_root, new_root, proof[:-1])
+    yield "first removed", (old_size, new_size, old_root, new_root, proof[1:])
+    yield "short element", (old_size, new_size, old_root, new_root, [proof[0][:-1], *proof[1:]])
+    if len(proof) > 1:
+        yield "swapped", (old_size, new_size, old_root, new_root, [proof[1], proof[0], *proof[2:]])
+
+
+# --- an independent implementation: RFC 6962 section 2.1, recursively, over the entries ----
+
+
+def ref_split(n: int) -> int:
+    k = 1
+    while 2 * k < n:
+        k *= 2
+    return k
+
+
+def ref_mth(entries: Sequence[bytes]) -> bytes:
+    if not entries:
+        return hashlib.sha256().digest()
+    if len(entries) == 1:
+        return hashlib.sha256(bytes([0]) + entries[0]).digest()
+    k = ref_split(len(entries))
+    return hashlib.sha256(bytes([1]) + ref_mth(entries[:k]) + ref_mth(entries[k:])).digest()
+
+
+def ref_path(m: int, entries: Sequence[bytes]) -> list[bytes]:
+    n = len(entries)
+    if n == 1:
+        return []
+    k = ref_split(n)
+    if m < k:
+        return [*ref_path(m, entries[:k]), ref_mth(entries[k:])]
+    return [*ref_path(m - k, entries[k:]), ref_mth(entries[:k])]
+
+
+def ref_subproof(m: int, entries: Sequence[bytes], b: bool) -> list[bytes]:
+    n = len(entries)
+    if m == n:
+        return [] if b else [ref_mth(entries)]
+    k = ref_split(n)
+    if m <= k:
+        return [*ref_subproof(m, entries[:k], b), ref_mth(entries[k:])]
+    return [*ref_subproof(m - k, entries[k:], False), ref_mth(entries[:k])]
+
+
+# The shape of a proof: which way each element is hashed in. A proof binds its shape, not the
+# tree size: sizes with the same shape accept the same proof against the same root (the
+# signed checkpoint is what binds the root to a size).
+
+
+def ref_path_shape(m: int, n: int) -> list[str]:
+    if n == 1:
+        return []
+    k = ref_split(n)
+    if m < k:
+        return [*ref_path_shape(m, k), "right"]
+    return [*ref_path_shape(m - k, n - k), "left"]
+
+
+def ref_subproof_shape(m: int, n: int, b: bool) -> list[str]:
+    if m == n:
+        return [] if b else ["start"]
+    k = ref_split(n)
+    if m <= k:
+        return [*ref_subproof_shape(m, k, b), "right"]
+    return [*ref_subproof_shape(m - k, n - k, False), "left"]
+
+
+def entries_for(n: int) -> list[bytes]:
+    return [f"decision {i}".encode() for i in range(n)]
+
+
+@pytest.mark.parametrize("size", range(1, 131))
+def test_matches_the_reference(size: int) -> None:
+    entries = entries_for(size)
+    leaves = [leaf_hash(entry) for entry in entries]
+    root = root_hash(leaves)
+    assert root == ref_mth(entries)
+    for index in range(size):
+        proof = inclusion_proof(index, leaves)
+        assert proof == ref_path(index, entries), index
+        assert verify_inclusion(index, size, leaves[index], proof, root)
+    for old_size in range(1, size + 1):
+        proof = consistency_proof(old_size, leaves)
+        assert proof == ref_subproof(old_size, entries, True), old_size
+        assert verify_consistency(old_size, size, ref_mth(entries[:old_size]), root, proof)
+
+
+@pytest.mark.parametrize("size", [1000, 1023, 1024, 1025])
+def test_matches_the_reference_for_larger_trees(size: int) -> None:
+    entries = entries_for(size)
+    leaves = [leaf_hash(entry) for entry in entries]
+    root = root_hash(leaves)
+    assert root == ref_mth(entries)
+    samples = sorted({0, 1, 2, 511, 512, 513, size // 2, size - 2, size - 1, *range(3, size, 97)})
+    for index in samples:
+        proof = inclusion_proof(index, leaves)
+        assert proof == ref_path(index, entries), index
+        assert verify_inclusion(index, size, leaves[index], proof, root)
+    for old_size in [s + 1 for s in samples]:
+        proof = consistency_proof(old_size, leaves)
+        assert proof == ref_subproof(old_size, entries, True), old_size
+        assert verify_consistency(old_size, size, ref_mth(entries[:old_size]), root, proof)
+
+
+@pytest.mark.parametrize("size", range(1, 41))
+def test_an_inclusion_proof_binds_its_index_and_shape(size: int) -> None:
+    leaves = [leaf_hash(entry) for entry in entries_for(2 * size + 2)]
+    root = root_hash(leaves[:size])
+    for index in range(size):
+        proof = inclusion_proof(index, leaves[:size])
+        for other in range(-1, size + 1):
+            if other != index:
+                assert not verify_inclusion(other, size, leaves[index], proof, root)
+        shape = ref_path_shape(index, size)
+        for other_size in range(0, 2 * size + 2):
+            same_shape = other_size > index and ref_path_shape(index, other_size) == shape
+            verified = verify_inclusion(index, other_size, leaves[index], proof, root)
+            assert verified == same_shape, (index, size, other_size)
+
+
+@pytest.mark.parametrize("size", range(2, 41))
+def test_a_consistency_proof_binds_its_sizes_shape(size: int) -> None:
+    leaves = [leaf_hash(entry) for entry in entries_for(2 * size + 2)]
+    roots = [root_hash(leaves[:n]) for n in range(2 * size + 2)]
+    for old_size in range(1, size):
+        proof = consistency_proof(old_size, leaves[:size])
+        shape = ref_subproof_shape(old_size, size, True)
+        old_root, new_root = roots[old_size], roots[size]
+        for other_new in range(0, 2 * size + 2):
+            for other_old in range(0, size + 2):
+                verified = verify_consistency(other_old, other_new, old_root, new_root, proof)
+                same_shape = 0 < other_old < other_new and (
+                    ref_subproof_shape(other_old, other_new, True) == shape
+                )
+                assert verified == same_shape, (old_size, size, other_old, other_new)
+
+
+@settings(max_examples=200, deadline=None)
+@given(data=st.data(), size=st.integers(min_value=1, max_value=3000))
+def test_no_single_bit_flip_survives(data: st.DataObject, size: int) -> None:
+    leaves = [leaf_hash(entry) for entry in entries_for(size)]
+    root = root_hash(leaves)
+    index = data.draw(st.integers(min_value=0, max_value=size - 1), label="index")
+    proof = inclusion_proof(index, leaves)
+    if proof:
+        element = data.draw(st.integers(min_value=0, max_value=len(proof) - 1), label="element")
+        bit = data.draw(st.integers(min_value=0, max_value=255), label="bit")
+        flipped = flip(proof, element, bit)
+        assert not verify_inclusion(index, size, leaves[index], flipped, root)
+    bit = data.draw(st.integers(min_value=0, max_value=255), label="leaf bit")
+    assert not verify_inclusion(index, size, flip([leaves[index]], 0, bit)[0], proof, root)
+    old_size = data.draw(st.integers(min_value=1, max_value=size), label="old size")
+    proof = consistency_proof(old_size, leaves)
+    old_root = root_hash(leaves[:old_size])
+    assert verify_consistency(old_size, size, old_root, root, proof)
+    if proof:
+        element = data.draw(st.integers(min_value=0, max_value=len(proof) - 1), label="element")
+        bit = data.draw(st.integers(min_value=0, max_value=255), label="bit")
+        assert not verify_consistency(old_size, size, old_root, root, flip(proof, element, bit))
+    bit = data.draw(st.integers(min_value=0, max_value=255), label="old root bit")
+    assert not verify_consistency(old_size, size, flip([old_root], 0, bit)[0], root, proof)
+
+
+def flip(proof: list[bytes], element: int, bit: int) -> list[bytes]:
+    changed = bytearray(proof[element])
+    changed[bit // 8] ^= 1 << (bit % 8)
+    return [*proof[:element], bytes(changed), *proof[element + 1 :]]
+
+
+def test_equal_sizes_are_consistent_exactly_when_the_roots_are_equal() -> None:
+    assert consistency_proof(8, LEAVES) == []
+    assert verify_consistency(8, 8, ROOTS[8], ROOTS[8], [])
+    assert not verify_consistency(8, 8, ROOTS[8], ROOTS[7], [])
+    assert not verify_consistency(8, 8, ROOTS[8], ROOTS[8], [ROOTS[8]])
+
+
+def test_an_empty_old_tree_never_verifies() -> None:
+    # There is nothing to prove from size 0, and no proof of anything is accepted from it.
+    for new_size in range(0, 9):
+        assert not verify_consistency(0, new_size, EMPTY_ROOT, ROOTS[new_size], [])
+        assert not verify_consistency(0, new_size, EMPTY_ROOT, EMPTY_ROOT, [])
+        assert not verify_consistency(0, new_size, EMPTY_ROOT, ROOTS[new_size], [ROOTS[new_size]])
+
+
+def test_adversarial_values_answer_false() -> None:
+    root = ROOTS[8]
+    proof = inclusion_proof(3, LEAVES)
+    assert verify_inclusion(3, 8, LEAVES[3], proof, root)
+    assert not verify_inclusion(-1, 8, LEAVES[3], proof, root)
+    assert not verify_inclusion(3, -8, LEAVES[3], proof, root)
+    assert not verify_inclusion(3, 2**64, LEAVES[3], proof, root)
+    assert not verify_inclusion(2**70 + 3, 2**71, LEAVES[3], proof, root)
+    assert not verify_inclusion(3, 8, b"", proof, root)
+    assert not verify_inclusion(3, 8, LEAVES[3], proof * 50, root)
+    assert not verify_consistency(-1, 8, ROOTS[1], root, [])
+    assert not verify_consistency(6, 2**64, ROOTS[6], root, consistency_proof(6, LEAVES))
+
+
+def test_hashes_of_the_wrong_size_never_verify() -> None:
+    # Without the size check these would verify: nothing is hashed on the way to the root.
+    # transparency-dev/merkle's TestVerifyInclusionSingleEntry has the first.
+    assert verify_inclusion(0, 1, LEAVES[0], [], ROOTS[1])
+    assert not verify_inclusion(0, 1, b"", [], b"")
+    assert not verify_inclusion(0, 1, LEAVES[0] + b"!", [], LEAVES[0] + b"!")
+    assert verify_consistency(8, 8, ROOTS[8], ROOTS[8], [])
+    assert not verify_consistency(8, 8, b"", b"", [])
+    assert not verify_consistency(8, 8, ROOTS[8][:31], ROOTS[8][:31], [])
+
+
+def test_a_long_proof_costs_no_more_than_a_proof_of_the_right_length(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Steps 2.1.3.2 (4a) and 2.1.4.2 (6a) stop at the root: padding a proof cannot make a
+    # verifier hash more than log2(size) + 1 times.
+    padding = [SOME_HASH] * 10_000
+    inclusion = [*inclusion_proof(5, LEAVES), *padding]
+    consistency = [*consistency_proof(6, LEAVES), *padding]
+    hashes = 0
+    real = fabric.audit._merkle._children_hash
+
+    def counting(left: bytes, right: bytes) -> bytes:
+        nonlocal hashes
+        hashes += 1
+        return real(left, right)
+
+    monkeypatch.setattr(fabric.audit._merkle, "_children_hash", counting)
+    assert not verify_inclusion(5, 8, LEAVES[5], inclusion, ROOTS[8])
+    assert hashes <= 4
+    hashes = 0
+    assert not verify_consistency(6, 8, ROOTS[6], ROOTS[8], consistency)
+    assert hashes <= 2 * 4
+
+
+def test_arguments_of_the_wrong_type_raise() -> None:
+    proof = inclusion_proof(3, LEAVES)
+    with pytest.raises(TypeError, match=r"^index must be an int, not str$"):
+        verify_inclusion("3", 8, LEAVES[3], proof, ROOTS[8])
+    with pytest.raises(TypeError, match=r"^size must be an int, not float$"):
+        verify_inclusion(3, 8.0, LEAVES[3], proof, ROOTS[8])
+    with pytest.raises(TypeError, match=r"^leaf_hash must be bytes, not str$"):
+        verify_inclusion(3, 8, LEAVES[3].hex(), proof, ROOTS[8])
+    with pytest.raises(TypeError, match=r"^proof must be a sequence of bytes, not bytes$"):
+        verify_inclusion(3, 8, LEAVES[3], b"".join(proof), ROOTS[8])
+    with pytest.raises(TypeError, match=r"^every proof element must be bytes, not str$"):
+        verify_consistency(6, 8, ROOTS[6], ROOTS[8], [p.hex() for p in proof])
+    with pytest.raises(TypeError, match=r"^old_root must be bytes, not NoneType$"):
+        verify_consistency(6, 8, None, ROOTS[8], proof)
+
+
+def test_proofs_are_only_made_for_leaves_and_sizes_of_the_tree() -> None:
+    with pytest.raises(ValueError, match=r"^leaf 8 is not in a tree of 8 leaves$"):
+        inclusion_proof(8, LEAVES)
+    with pytest.raises(ValueError, match=r"^leaf -1 is not in a tree of 8 leaves$"):
+        inclusion_proof(-1, LEAVES)
+    with pytest.raises(ValueError, match=r"^no consistency proof from 0 leaves to 8 leaves$"):
+        consistency_proof(0, LEAVES)
+    with pytest.raises(ValueError, match=r"^no consistency proof from 9 leaves to 8 leaves$"):
+        consistency_proof(9, LEAVES)
+
+
+# --- the sequencer's frontier and proofs from stored subtrees -------------------------------
+
+
+class Storage:
+    """Complete-subtree hashes keyed by (level, index), as CompactRange reports them."""
+
+    def __init__(self) -> None:
+        self.nodes: dict[tuple[int, int], bytes] = {}
+        self.reads = 0
+
+    def put(self, nodes: list[TreeNode]) -> None:
+        for node in nodes:
+            assert (node.level, node.index) not in self.nodes
+            self.nodes[node.level, node.index] = node.hash
+
+    def node_hash(self, level: int, index: int) -> bytes:
+        self.reads += 1
+        return self.nodes[level, index]
+
+
+def test_the_frontier_agrees_with_the_tree_at_every_size() -> None:
+    leaves = [leaf_hash(entry) for entry in entries_for(600)]
+    frontier = CompactRange()
+    for size, leaf in enumerate(leaves, start=1):
+        assert frontier.size == size - 1
+        frontier.append(leaf)
+        assert frontier.root() == root_hash(leaves[:size]), size
+        # Invariant: one stored hash per set bit of the size.
+        assert len(frontier._hashes) == size.bit_count()
+
+
+def test_the_frontier_reports_every_complete_subtree_once() -> None:
+    leaves = [leaf_hash(entry) for entry in entries_for(1025)]
+    storage, frontier = Storage(), CompactRange()
+    for size, leaf in enumerate(leaves, start=1):
+        completed = frontier.append(leaf)
+        assert completed[0] == TreeNode(0, size - 1, leaf)
+        storage.put(completed)
+        # All complete subtrees of [0, size) are stored: floor(size / 2**level) per level.
+        assert len(storage.nodes) == 2 * size - size.bit_count()
+    tree = nodes_from_leaves(leaves.__getitem__)
+    for (level, index), stored in storage.nodes.items():
+        assert (index + 1) << level <= len(leaves)
+        assert stored == tree(level, index)
+
+
+def test_proofs_from_storage_read_logarithmically_many_nodes() -> None:
+    size = 5000
+    leaves = [leaf_hash(entry) for entry in entries_for(size)]
+    storage, frontier = Storage(), CompactRange()
+    for leaf in leaves:
+        storage.put(frontier.append(leaf))
+    bound = 2 * size.bit_length()
+    for index in [0, 1, 2047, 2048, 4095, 4096, 4999, *range(3, size, 389)]:
+        storage.reads = 0
+        proof = inclusion_proof_from(index, size, storage.node_hash)
+        assert storage.reads <= bound, index
+        assert proof == inclusion_proof(index, leaves)
+        assert verify_inclusion(index, size, leaves[index], proof, frontier.root())
+    for old_size in [1, 2, 3, 2047, 2048, 2049, 4999, 5000, *range(5, size, 397)]:
+        storage.reads = 0
+        proof = consistency_proof_from(old_size, size, storage.node_hash)
+        assert storage.reads <= bound, old_size
+        assert proof == consistency_proof(old_size, leaves)
+        old_root = root_hash_from(old_size, storage.node_hash)
+        assert verify_consistency(old_size, size, old_root, frontier.root(), proof)
+    storage.reads = 0
+    assert root_hash_from(size, storage.node_hash) == frontier.root()
+    assert storage.reads == size.bit_count()
+
+
+def test_a_huge_tree_needs_only_its_complete_subtrees() -> None:
+    size = 2**40 + 12345
+    reads: list[tuple[int, int]] = []
+
+    def node_hash(level: int, index: int) -> bytes:
+        assert (index + 1) << level <= size, (level, index)
+        reads.append((level, index))
+        return hashlib.sha256(f"{level}/{index}".encode()).digest()
+
+    for index in [0, 2**39, 2**40 - 1, 2**40, size - 1]:
+        reads.clear()
+        proof = inclusion_proof_from(index, size, node_hash)
+        assert len(reads) <= 2 * size.bit_length() and len(proof) <= size.bit_length()
+    for old_size in [1, 2**40, 2**40 + 1, size - 1]:
+        reads.clear()
+        proof = consistency_proof_from(old_size, size, node_hash)
+        assert len(reads) <= 2 * size.bit_length() and len(proof) <= size.bit_length() + 1
+    reads.clear()
+    root_hash_from(size, node_hash)
+    assert len(reads) == size.bit_count()
+
+
+def test_a_restored_frontier_continues_where_it_stopped() -> None:
+    leaves = [leaf_hash(entry) for entry in entries_for(300)]
+    storage, frontier = Storage(), CompactRange()
+    for leaf in leaves[:237]:
+        storage.put(frontier.append(leaf))
+    restored = CompactRange.restore(237, storage.node_hash)
+    assert restored.size == 237 and restored.root() == frontier.root()
+    for leaf in leaves[237:]:
+        assert restored.append(leaf) == frontier.append(leaf)
+    assert restored.root() == root_hash(leaves)
+
+
+def test_subtree_hash_reads_nodes_of_a_tree_only() -> None:
+    tree = nodes_from_leaves(LEAVES.__getitem__)
+    assert subtree_hash(0, 8, tree) == ROOTS[8]
+    assert subtree_hash(4, 7, tree) == root_hash(LEAVES[4:7])
+    with pytest.raises(ValueError, match=r"^\[2, 6\) is not a node of a Merkle tree$"):
+        subtree_hash(2, 6, tree)
+    with pytest.raises(ValueError, match=r"^\[3, 3\) is not a non-empty range of leaves$"):
+        subtree_hash(3, 3, tree)
+
+
+def test_the_frontier_takes_hashes_only() -> None:
+    with pytest.raises(ValueError, match=r"^a leaf hash has 32 bytes, not 5$"):
+        CompactRange().append(b"entry")
+    with pytest.raises(TypeError, match=r"^leaf_hash must be bytes, not str$"):
+        CompactRange().append("0" * 32)
+
+
+# --- signed checkpoints ---------------------------------------------------------------------
+# The reference note of golang.org/x/mod/sumdb/note (note_test.go and the package example).
+
+PETER_VKEY = "PeterNeumann+c74f20a3+ARpc2QcUPDhMQegwxbzhKqiBfsVkmqq/LDE4izWy10TW"
+PETER_SKEY = "PRIVATE+KEY+PeterNeumann+c74f20a3+AYEKFALVFGyNhPJEMzD1QIDr+Y7hfZx09iUvxdXHKDFz"
+PETER_TEXT = (
+    "If you think cryptography is the answer to your problem,\n"
+    "then you don't know what your problem is.\n"
+)
+PETER_NOTE = (
+    PETER_TEXT + "\n— PeterNeumann "
+    "x08go/ZJkuBS9UG/SffcvIAQxVBtiFupLLr8pAcElZInNIuGUgYN1FFYC2pZSNXgKvqfqdngotpRZb6KE6RyyBwJnAM=\n"
+)
+
+LOG = "fabric.example/audit"
+LOG_KEY = Ed25519PrivateKey.from_private_bytes(bytes(range(32)))
+OTHER_KEY = Ed25519PrivateKey.from_private_bytes(bytes(range(32, 64)))
+CHECKPOINT = Checkpoint(LOG, 8, ROOTS[8])
+
+
+def peter_private_key() -> Ed25519PrivateKey:
+    # PRIVATE+KEY+<name>+<hash>+base64(0x01 || 32-byte seed)
+    material = base64.b64decode(PETER_SKEY.split("+", 4)[4])
+    assert material[0] == 0x01
+    return Ed25519PrivateKey.from_private_bytes(material[1:])
+
+
+def test_notes_interoperate_with_go_sumdb_note() -> None:
+    name, public_key = parse_vkey(PETER_VKEY)
+    assert name == "PeterNeumann"
+    assert key_hash(name, public_key).hex() == "c74f20a3"
+    assert encode_vkey(name, public_key) == PETER_VKEY
+    private_key = peter_private_key()
+    assert private_key.public_key() == public_key
+    # Ed25519 is deterministic, so our note must be Go's byte for byte.
+    assert sign_note(PETER_TEXT, name, private_key) == PETER_NOTE
+    assert open_note(PETER_NOTE, name, public_key) == PETER_TEXT
+    with pytest.raises(BadSignatureError):
+        open_note(PETER_NOTE.replace("cryptography", "cryptographY"), name, public_key)
+
+
+def test_a_checkpoint_round_trips() -> None:
+    text = sign_checkpoint(CHECKPOINT, LOG, LOG_KEY)
+    body = f"{LOG}\n8\n{base64.b64encode(ROOTS[8]).decode()}\n"
+    assert text.startswith(body + "\n— fabric.example/audit ")
+    assert text.count("\n") == 5 and text.endswith("\n")
+    assert verify_checkpoint(text, LOG, LOG_KEY.public_key()) == CHECKPOINT
+    with_extensions = Checkpoint(LOG, 0, EMPTY_ROOT, ("policy 7", "x"))
+    signed = sign_checkpoint(with_extensions, LOG, LOG_KEY)
+    assert verify_checkpoint(signed, LOG, LOG_KEY.public_key()) == with_extensions
+
+
+def test_the_checkpoint_text_is_the_c2sp_format() -> None:
+    # The example of c2sp.org/tlog-checkpoint, signed here by our own key.
+    example = (
+        "example.com/behind-the-sofa\n20852163\nCsUYapGGPo4dkMgIAUqom/Xajj7h2fB2MPA3j2jxq2I=\n"
+    )
+    checkpoint = verify_checkpoint(
+        sign_note(example, "example.com/behind-the-sofa", LOG_KEY),
+        "example.com/behind-the-sofa",
+        LOG_KEY.public_key(),
+    )
+    assert checkpoint.origin == "example.com/behind-the-sofa"
+    assert checkpoint.size == 20852163
+    assert checkpoint.root_hash == base64.b64decode("CsUYapGGPo4dkMgIAUqom/Xajj7h2fB2MPA3j2jxq2I=")
+    assert checkpoint.extensions == ()
+    assert checkpoint.to_text() == example
+
+
+def test_the_vkey_names_the_key_that_signed() -> None:
+    vkey = encode_vkey(LOG, LOG_KEY.public_key())
+    name, public_key = parse_vkey(vkey)
+    assert name == LOG and public_key == LOG_KEY.public_key()
+    assert vkey.split("+")[1] == key_hash(LOG, LOG_KEY.public_key()).hex()
+    signature_line = sign_checkpoint(CHECKPOINT, LOG, LOG_KEY).splitlines()[-1]
+    blob = base64.b64decode(signature_line.split(" ")[2])
+    assert blob[:4] == key_hash(LOG, LOG_KEY.public_key()) and len(blob) == 4 + 64
+    assert verify_checkpoint(sign_checkpoint(CHECKPOINT, LOG, LOG_KEY), *parse_vkey(vkey))
+
+
+def rejects(text: str, error: type[CheckpointError], message: str) -> None:
+    with pytest.raises(error, match=f"^{re.escape(message)}$"):
+        verify_checkpoint(text, LOG, LOG_KEY.public_key())
+
+
+LOG_HASH = key_hash(LOG, LOG_KEY.public_key()).hex()
+OTHER_HASH = key_hash(LOG, OTHER_KEY.public_key()).hex()
+
+
+def test_a_changed_body_is_a_bad_signature() -> None:
+    text = sign_checkpoint(CHECKPOINT, LOG, LOG_KEY)
+    bad = f"the checkpoint's signature by '{LOG}' (key hash {LOG_HASH}) does not verify"
+    rejects(text.replace("\n8\n", "\n9\n"), BadSignatureError, bad)
+    rejects(text.replace(LOG + "\n", "fabric.example/audiT\n", 1), BadSignatureError, bad)
+
+
+def test_a_changed_signature_is_a_bad_signature() -> None:
+    text = sign_checkpoint(CHECKPOINT, LOG, LOG_KEY)
+    body, _, line = text.rpartition("\n— ")
+    name, blob_b64 = line.split(" ")
+    blob = bytearray(base64.b64decode(blob_b64))
+    blob[20] ^= 0x01
+    changed = f"{body}\n— {name} {base64.b64encode(bytes(blob)).decode()}\n"
+    rejects(
+        changed,
+        BadSignatureError,
+        f"the checkpoint's signature by '{LOG}' (key hash {LOG_HASH}) does not verify",
+    )
+
+
+def test_a_signature_by_another_key_is_an_unknown_key() -> None:
+    by_other_name = sign_checkpoint(CHECKPOINT, "fabric.example/other", LOG_KEY)
+    other_name_hash = key_hash("fabric.example/other", LOG_KEY.public_key()).hex()
+    rejects(
+        by_other_name,
+        UnknownKeyError,
+        f"the checkpoint is not signed by '{LOG}' (key hash {LOG_HASH}); "
+        f"it is signed by 'fabric.example/other' (key hash {other_name_hash})",
+    )
+    rejects(
+        sign_checkpoint(CHECKPOINT, LOG, OTHER_KEY),
+        UnknownKeyError,
+        f"the checkpoint is not signed by '{LOG}' (key hash {LOG_HASH}); "
+        f"it is signed by '{LOG}' (key hash {OTHER_HASH})",
+    )
+
+
+def test_signatures_by_other_keys_are_ignored() -> None:
+    ours = sign_checkpoint(CHECKPOINT, LOG, LOG_KEY)
+    theirs = sign_checkpoint(CHECKPOINT, "witness.example/w1", OTHER_KEY)
+    our_line, their_line = ours.splitlines()[-1], theirs.splitlines()[-1]
+    body = CHECKPOINT.to_text()
+    for lines in ([our_line, their_line], [their_line, our_line]):
+        note = body + "\n" + "".join(line + "\n" for line in lines)
+        assert verify_checkpoint(note, LOG, LOG_KEY.public_key()) == CHECKPOINT
+    # A known key's signature that fails rejects the note, even next to a good one.
+    forged = their_line.replace("witness.example/w1", LOG)
+    forged_blob = base64.b64decode(forged.split(" ")[2])
+    forged = forged.replace(
+        forged.split(" ")[2],
+        base64.b64encode(key_hash(LOG, LOG_KEY.public_key()) + forged_blob[4:]).decode(),
+    )
+    rejects(
+        body + "\n" + our_line + "\n" + forged + "\n",
+        BadSignatureError,
+        f"the checkpoint's signature by '{LOG}' (key hash {LOG_HASH}) does not verify",
+    )
+
+
+def test_a_missing_blank_line_is_malformed() -> None:
+    text = sign_checkpoint(CHECKPOINT, LOG, LOG_KEY)
+    rejects(
+        text.replace("\n\n", "\n"),
+        MalformedCheckpointError,
+        "malformed checkpoint: no blank line separates the text from its signatures",
+    )
+    rejects(
+        CHECKPOINT.to_text() + "\n",
+        MalformedCheckpointError,
+        "malformed checkpoint: it has no signature lines",
+    )
+    rejects(
+        text[:-1],
+        MalformedCheckpointError,
+        "malformed checkpoint: the last line has no newline",
+    )
+
+
+@pytest.mark.parametrize(
+    "size_line", ["007", "00", "-1", "+8", " 8", "8 ", "", "٣", "1e3", str(2**64)]
+)
+def test_a_size_that_is_not_canonical_decimal_is_malformed(size_line: str) -> None:
+    # Correctly signed, so the body itself is what gets rejected.
+    root = base64.b64encode(ROOTS[8]).decode()
+    text = sign_note(f"{LOG}\n{size_line}\n{root}\n", LOG, LOG_KEY)
+    message = (
+        f"malformed checkpoint: line 2: tree size {size_line!r} is not a canonical decimal "
+        "number below 2**64"
+    )
+    if size_line == "":
+        message = "malformed checkpoint: line 2 is empty"
+    rejects(text, MalformedCheckpointError, message)
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        (f"{LOG}\n8\n", "malformed checkpoint: it needs an origin, a tree size and a root hash "
+         "line, got 2 line(s)"),
+        (f"{LOG}\n8\nAAAA\n", "malformed checkpoint: line 3: root hash 'AAAA' is not the "
+         "canonical base64 of 32 bytes"),
+        # The last base64 digit carries 4 unused bits; non-zero ones give a second spelling.
+        (f"{LOG}\n8\n{base64.b64encode(ROOTS[8]).decode()[:-2]}R=\n",
+         "malformed checkpoint: line 3: root hash "
+         f"'{base64.b64encode(ROOTS[8]).decode()[:-2]}R=' is not the canonical base64 of 32 bytes"),
+        (f"{LOG}\n8\n{base64.b64encode(ROOTS[8]).decode()}\n\next\n",
+         "malformed checkpoint: line 4 is empty"),
+    ],
+)  # fmt: skip
+def test_a_malformed_body_is_malformed(body: str, message: str) -> None:
+    rejects(sign_note(body, LOG, LOG_KEY), MalformedCheckpointError, message)
+
+
+def test_a_malformed_signature_line_is_malformed() -> None:
+    text = sign_checkpoint(CHECKPOINT, LOG, LOG_KEY)
+    expected = "malformed checkpoint: signature line 1 is not '— <key name> <base64 signature>'"
+    rejects(text.replace("— ", "-- "), MalformedCheckpointError, expected)
+    rejects(text.replace("— ", "—"), MalformedCheckpointError, expected)
+    rejects(text[:-1] + " extra\n", MalformedCheckpointError, expected)
+    rejects(
+        text[: text.rindex(" ") + 1] + "bm90IGJhc2U2NA\n",  # base64 without its padding
+        MalformedCheckpointError,
+        "malformed checkpoint: signature line 1 has a malformed key name or signature",
+    )
+    rejects(
+        text + "— w1 AAAA\n",  # three bytes: no room for a key hash and a signature
+        MalformedCheckpointError,
+        "malformed checkpoint: signature line 2 has a malformed key name or signature",
+    )
+    rejects(
+        text[:-1] + "\r\n",
+        MalformedCheckpointError,
+        "malformed checkpoint: it contains the character '\\r'",
+    )
+    line = text.splitlines()[-1].replace(LOG, "w") + "\n"
+    rejects(
+        text + line * 100,
+        MalformedCheckpointError,
+        "malformed checkpoint: more than 100 signature lines",
+    )
+
+
+def test_any_changed_character_is_rejected() -> None:
+    text = sign_checkpoint(Checkpoint(LOG, 1234, ROOTS[5], ("ext",)), LOG, LOG_KEY)
+    for i, ch in enumerate(text):
+        changed = text[:i] + chr(ord(ch) ^ 1) + text[i + 1 :]
+        with pytest.raises(CheckpointError):
+            verify_checkpoint(changed, LOG, LOG_KEY.public_key())
+        removed = text[:i] + text[i + 1 :]
+        with pytest.raises(CheckpointError):
+            verify_checkpoint(removed, LOG, LOG_KEY.public_key())
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"origin": "a\nb"}, "malformed checkpoint: the origin must be one non-empty line "
+         "without control characters, got 'a\\nb'"),
+        ({"origin": ""}, "malformed checkpoint: the origin must be one non-empty line "
+         "without control characters, got ''"),
+        ({"size": -1}, "malformed checkpoint: the tree size must be in [0, 2**64), got -1"),
+        ({"size": 2**64}, "malformed checkpoint: the tree size must be in [0, 2**64), got "
+         "18446744073709551616"),
+        ({"root_hash": ROOTS[8][:31]}, "malformed checkpoint: the root hash must have 32 bytes, "
+         "got 31"),
+        ({"extensions": ("",)}, "malformed checkpoint: an extension line must be one non-empty "
+         "line without control characters, got ''"),
+        ({"extensions": ("a\nb",)}, "malformed checkpoint: an extension line must be one "
+         "non-empty line without control characters, got 'a\\nb'"),
+    ],
+)  # fmt: skip
+def test_a_checkpoint_that_cannot_be_written_is_refused(
+    kwargs: dict[str, object], message: str
+) -> None:
+    values: dict[str, object] = {"origin": LOG, "size": 8, "root_hash": ROOTS[8]} | kwargs
+    with pytest.raises(MalformedCheckpointError, match=f"^{re.escape(message)}$"):
+        Checkpoint(**values)
+
+
+@pytest.mark.parametrize(
+    ("vkey", "message"),
+    [
+        ("PeterNeumann+c74f20a3", "verifier key 'PeterNeumann+c74f20a3' is not "
+         "<name>+<key hash>+<key>"),
+        (PETER_VKEY.replace("c74f20a3", "c74f20a4"), f"verifier key "
+         f"{PETER_VKEY.replace('c74f20a3', 'c74f20a4')!r}: the key hash does not match the key"),
+        (PETER_VKEY.replace("c74f20a3", "C74F20A3"), f"verifier key "
+         f"{PETER_VKEY.replace('c74f20a3', 'C74F20A3')!r}: the key hash is not 8 lowercase hex "
+         "digits"),
+        (PETER_VKEY.replace("+ARpc", "+Apc"), f"verifier key "
+         f"{PETER_VKEY.replace('+ARpc', '+Apc')!r}: the key is not canonical base64"),
+        ("Peter Neumann+c74f20a3+AA==", "key name 'Peter Neumann' must be non-empty, with no "
+         "spaces or '+'"),
+        ("w+00000000+AgAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA", "verifier key "
+         "'w+00000000+AgAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA': signature type 0x02 is "
+         "not Ed25519 (0x01)"),
+        ("w+00000000+AQAA", "verifier key 'w+00000000+AQAA': an Ed25519 key has 32 bytes"),
+    ],
+)  # fmt: skip
+def test_a_malformed_vkey_is_refused(vkey: str, message: str) -> None:
+    with pytest.raises(KeyFormatError, match=f"^{re.escape(message)}$"):
+        parse_vkey(vkey)
+
+
+def test_key_names_follow_the_signed_note_rules() -> None:
+    for name in ["", "a b", "a+b", "a\u00a0b", "a\tb"]:
+        with pytest.raises(KeyFormatError):
+            sign_checkpoint(CHECKPOINT, name, LOG_KEY)
+        with pytest.raises(KeyFormatError):
+            verify_checkpoint(sign_checkpoint(CHECKPOINT, LOG, LOG_KEY), name, LOG_KEY.public_key())
