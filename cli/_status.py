@@ -236,7 +236,10 @@ def render_status(info: fabric_pb2.ClusterInfo, address: str) -> str:
     nodes = sorted(info.nodes, key=lambda node: node.node_id)
     if not nodes:
         return f"no nodes have joined the head at {address}"
-    others = sorted({key for node in nodes for key in node.total} - {"CPU"})
+    # Placement-group bundles (``pg:...`` names) stay out of the table; --json has them.
+    others = sorted(
+        {key for node in nodes for key in node.total if not key.startswith("pg:")} - {"CPU"}
+    )
     with_labels = any(node.labels for node in nodes)
     header = ["NODE", "REGION", "ADDRESS", "ALIVE", "CPU", *others]
     header += ["RUNNING", "QUEUED", "WORKERS"] + (["LABELS"] if with_labels else [])

@@ -80,6 +80,7 @@ class ClusterDirectory:
             return
         if (
             dict(node.available) == dict(report.available)
+            and dict(node.total) == dict(report.total)
             and (node.running_tasks, node.queued_tasks, node.workers)
             == (report.running_tasks, report.queued_tasks, report.workers)
             and dict(node.tenant_load) == dict(report.tenant_load)
@@ -87,6 +88,8 @@ class ClusterDirectory:
             return  # a heartbeat: nothing to broadcast
         node.available.clear()
         node.available.update(report.available)
+        node.total.clear()
+        node.total.update(report.total)
         node.running_tasks = report.running_tasks
         node.queued_tasks = report.queued_tasks
         node.workers = report.workers

@@ -6,10 +6,12 @@ import numbers
 from collections.abc import Mapping
 from typing import Any
 
+from fabric._bundle_resources import PREFIX as BUNDLE_PREFIX
+from fabric._bundle_resources import task_resources
 from fabric.policy._labels import LabelSelectorError, parse_selector
 
 # Where work may run and where its results may live; the policy has the last word.
-PLACEMENT_OPTIONS = ("region", "label_selector", "residency")
+PLACEMENT_OPTIONS = ("region", "label_selector", "residency", "scheduling_strategy")
 
 TASK_OPTIONS = frozenset(
     {
@@ -95,6 +97,12 @@ def validate(options: Mapping[str, Any], allowed: frozenset[str], what: str) -> 
                     raise ValueError(
                         f"use num_cpus / num_gpus / memory instead of resources[{key!r}]"
                     )
+                if key.startswith(BUNDLE_PREFIX):
+                    raise ValueError(
+                        f"resource names starting with {BUNDLE_PREFIX!r} are reserved for "
+                        "placement groups; use scheduling_strategy="
+                        "PlacementGroupSchedulingStrategy(...)"
+                    )
                 _number(f"resources[{key!r}]", amount)
         elif name in ("name", "namespace"):
             if not isinstance(value, str) or not value:
@@ -112,9 +120,23 @@ def validate(options: Mapping[str, Any], allowed: frozenset[str], what: str) -> 
                 parse_selector(value)
             except LabelSelectorError as e:
                 raise ValueError(str(e)) from None
+        elif name == "scheduling_strategy":
+            _scheduling_strategy(value)
     if options.get("region") and "region" in (options.get("label_selector") or {}):
         raise ValueError("give either region= or label_selector={'region': ...}, not both")
     return dict(options)
+
+
+def _scheduling_strategy(value: Any) -> None:
+    from fabric.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+    if isinstance(value, PlacementGroupSchedulingStrategy):
+        value.check()
+    elif value != "DEFAULT":
+        raise ValueError(
+            "scheduling_strategy must be 'DEFAULT' or a PlacementGroupSchedulingStrategy, "
+            f"got {value!r}"
+        )
 
 
 def placement(options: Mapping[str, Any], spec: Any) -> None:
@@ -128,8 +150,9 @@ def placement(options: Mapping[str, Any], spec: Any) -> None:
         spec.residency_label = options["residency"]
 
 
-def resource_request(options: Mapping[str, Any]) -> dict[str, float]:
-    """The resources a task or actor asks for, under the names the scheduler uses."""
+def resource_request(options: Mapping[str, Any], tenant: str) -> dict[str, float]:
+    """The resources a task or actor of `tenant` asks for, under the names the scheduler
+    uses: in a placement group, those of its bundle (see `fabric._bundle_resources`)."""
     request: dict[str, float] = {}
     for option, resource in (("num_cpus", "CPU"), ("num_gpus", "GPU"), ("memory", "memory")):
         amount = options.get(option)
@@ -138,4 +161,21 @@ def resource_request(options: Mapping[str, Any]) -> dict[str, float]:
     for name, amount in (options.get("resources") or {}).items():
         if amount:
             request[name] = float(amount)
-    return request
+    strategy = options.get("scheduling_strategy")
+    if strategy is None or isinstance(strategy, str):
+        return request
+    strategy.check()
+    group = strategy.placement_group
+    index = strategy.placement_group_bundle_index
+    bundles = group.bundle_specs if index < 0 else [group.bundle_specs[index]]
+    if not any(
+        all(bundle.get(name, 0.0) + 1e-9 >= amount for name, amount in request.items())
+        for bundle in bundles
+    ):
+        which = "any bundle" if index < 0 else f"bundle {index}"
+        asked = ", ".join(f"{k}={v:g}" for k, v in sorted(request.items()))
+        raise ValueError(
+            f"the request ({asked}) does not fit in {which} of {group!r}; a task or actor in "
+            "a placement group uses its bundle's resources"
+        )
+    return task_resources(tenant, group.id, index, request)

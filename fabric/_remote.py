@@ -107,7 +107,7 @@ class RemoteFunction:
             function_digest=self._pickled.digest(),
             function_name=self._name,
             num_returns=options["num_returns"],
-            resources=_options.resource_request(options),
+            resources=_options.resource_request(options, client.tenant),
             max_retries=options["max_retries"],
             retry_exceptions=options["retry_exceptions"],
         )
@@ -192,7 +192,7 @@ class ActorClass:
             function_digest=self._pickled.digest(),
             function_name=f"{self.__name__}.__init__",
             num_returns=1,
-            resources=_options.resource_request(options),
+            resources=_options.resource_request(options, client.tenant),
             actor_id=actor_id,
             actor_options=pb.ActorOptions(
                 max_restarts=options["max_restarts"],

@@ -8,6 +8,12 @@ The tenancy policy those decisions are taken under is loaded and checked by
 :class:`PolicyError` naming every problem with its file, line and column.
 """
 
+from fabric.policy._bundles import (
+    BundleRequest as BundleRequest,
+)
+from fabric.policy._bundles import (
+    decide_bundles as decide_bundles,
+)
 from fabric.policy._decision import (
     Decision as Decision,
 )
@@ -62,6 +68,7 @@ from fabric.policy._model import (
 
 __all__ = [
     "OPEN_POLICY",
+    "BundleRequest",
     "Decision",
     "NodeClaim",
     "NodeView",
@@ -74,6 +81,7 @@ __all__ = [
     "Quotas",
     "TenantPolicy",
     "compile_policy",
+    "decide_bundles",
     "decide_placement",
     "load_policy",
     "load_policy_text",

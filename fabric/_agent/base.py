@@ -3,8 +3,9 @@ the error values it answers with, and replies to sessions.
 
 The agent is one object on one asyncio loop (no locks: a handler runs to completion before
 the next message is looked at), built in layers by role: objects (`objects.py`), task
-placement and dispatch (`dispatch.py`), hosted actors (`actors.py`), and sessions and peers
-(`node.py`). Network and process I/O sit behind `Peers`, `Directory` and the worker launcher.
+placement and dispatch (`dispatch.py`), hosted actors (`actors.py`), placement groups
+(`bundles.py`), and sessions and peers (`node.py`). Network and process I/O sit behind
+`Peers`, `Directory` and the worker launcher.
 """
 
 from __future__ import annotations

@@ -8,7 +8,6 @@ import os
 import time
 from collections.abc import Callable
 
-from fabric._agent.actors import Actors
 from fabric._agent.base import (
     JOIN_GRACE,
     MAX_RETURNS,
@@ -22,6 +21,7 @@ from fabric._agent.base import (
 from fabric._agent.base import (
     Peers as Peers,
 )
+from fabric._agent.bundles import BUNDLE_PEER_MESSAGES, GROUP_MESSAGES, Bundles
 from fabric._agent.state import (
     ObjEntry,
     ObjState,
@@ -30,6 +30,8 @@ from fabric._agent.state import (
     TaskState,
     return_id,
 )
+from fabric._bundle_resources import is_other_tenants
+from fabric._bundle_resources import name_problem as bundle_name_problem
 from fabric._object_store import ObjectStoreError
 from fabric._proto import fabric_pb2 as pb
 from fabric._serialization import (
@@ -43,7 +45,7 @@ from fabric.policy._model import ResidencyLabelError, decode_regions, encode_reg
 from fabric.policy._residency import Destination, decide_transfer
 
 
-class NodeAgent(Actors):
+class NodeAgent(Bundles):
     def open_session(
         self, tenant: str, namespace: str, identity: str, send: Callable[[pb.ServerMessage], None]
     ) -> Session:
@@ -111,6 +113,7 @@ class NodeAgent(Actors):
                 "its owner exited",
             )
         session.owned_actors.clear()
+        self._close_session_groups(session)
 
     def handle_client(self, session: Session, message: pb.ClientMessage) -> None:
         which = message.WhichOneof("body")
@@ -147,6 +150,8 @@ class NodeAgent(Actors):
                 )
             elif which == "fetch":
                 self._fetch_inline(session, message.request_id, message.fetch.object_id)
+            elif which in GROUP_MESSAGES:
+                self._group_message(session, message)
             else:
                 self._reply_error(
                     session, message.request_id, E.INVALID_REQUEST, f"unexpected message {which!r}"
@@ -164,7 +169,12 @@ class NodeAgent(Actors):
         if spec.function_blob:
             self.functions[(tenant, spec.function_digest)] = spec.function_blob
             spec.ClearField("function_blob")
-        problem = _validate_spec(spec) or self._collision(tenant, spec)
+        problem = (
+            _validate_spec(spec)
+            or self._collision(tenant, spec)
+            # Bundle resources of the session's tenant only, whatever the spec says.
+            or bundle_name_problem(tenant, spec.resources)
+        )
         if (
             problem is None
             and spec.kind == pb.NORMAL_TASK
@@ -311,6 +321,8 @@ class NodeAgent(Actors):
                 entry.remote_owner = ""
                 entry.holders.clear()
                 self._maybe_free(message.free.object_id, entry)
+        elif which in BUNDLE_PEER_MESSAGES:
+            self._bundle_peer_message(from_node, message)
 
     def _accept_forward(self, from_node: str, spec: pb.TaskSpec) -> None:
         if spec.function_blob:
@@ -414,6 +426,7 @@ class NodeAgent(Actors):
                     self._fail(
                         task, error_info(E.WORKER_CRASHED, f"node {task.remote_node} was lost")
                     )
+        self._groups_view_changed(gone)
         self._schedule_dispatch()
 
     def tenant_load(self) -> dict[str, pb.TenantLoad]:
@@ -461,6 +474,8 @@ class NodeAgent(Actors):
                 merged.CopyFrom(node)
                 merged.available.clear()
                 merged.available.update(self.available)
+                merged.total.clear()
+                merged.total.update(self.total)  # bundles reserved since the last report
                 info.nodes.append(merged)
                 seen = True
             else:
@@ -491,6 +506,10 @@ def only_own(node: pb.NodeInfo, tenant: str) -> None:
     node.running_tasks = own.running_tasks
     node.queued_tasks = own.queued_tasks
     node.workers = own.workers
+    # Another tenant's placement-group resources name it and its groups.
+    for resources in (node.total, node.available):
+        for name in [n for n in resources if is_other_tenants(n, tenant)]:
+            del resources[name]
 
 
 def _validate_spec(spec: pb.TaskSpec) -> str | None:

@@ -248,6 +248,9 @@ class HeadLink:
                 running_tasks=info.running_tasks,
                 queued_tasks=info.queued_tasks,
                 workers=info.workers,
+                # Placement-group bundles change the totals too; other agents route work
+                # to a bundle's resources by them.
+                total=info.total,
             )
             data = report.SerializeToString(deterministic=True)
             now = asyncio.get_running_loop().time()

@@ -264,8 +264,74 @@ class Blocked(_message.Message):
     returned: _containers.RepeatedScalarFieldContainer[bytes]
     def __init__(self, blocked: _Optional[bool] = ..., returned: _Optional[_Iterable[bytes]] = ...) -> None: ...
 
+class Bundle(_message.Message):
+    __slots__ = ("resources",)
+    class ResourcesEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: float
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
+    RESOURCES_FIELD_NUMBER: _ClassVar[int]
+    resources: _containers.ScalarMap[str, float]
+    def __init__(self, resources: _Optional[_Mapping[str, float]] = ...) -> None: ...
+
+class CreatePlacementGroup(_message.Message):
+    __slots__ = ("group_id", "bundles", "strategy", "name", "label_selector", "detached")
+    class LabelSelectorEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    GROUP_ID_FIELD_NUMBER: _ClassVar[int]
+    BUNDLES_FIELD_NUMBER: _ClassVar[int]
+    STRATEGY_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    LABEL_SELECTOR_FIELD_NUMBER: _ClassVar[int]
+    DETACHED_FIELD_NUMBER: _ClassVar[int]
+    group_id: bytes
+    bundles: _containers.RepeatedCompositeFieldContainer[Bundle]
+    strategy: str
+    name: str
+    label_selector: _containers.ScalarMap[str, str]
+    detached: bool
+    def __init__(self, group_id: _Optional[bytes] = ..., bundles: _Optional[_Iterable[_Union[Bundle, _Mapping]]] = ..., strategy: _Optional[str] = ..., name: _Optional[str] = ..., label_selector: _Optional[_Mapping[str, str]] = ..., detached: _Optional[bool] = ...) -> None: ...
+
+class RemovePlacementGroup(_message.Message):
+    __slots__ = ("group_id", "node_id")
+    GROUP_ID_FIELD_NUMBER: _ClassVar[int]
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    group_id: bytes
+    node_id: str
+    def __init__(self, group_id: _Optional[bytes] = ..., node_id: _Optional[str] = ...) -> None: ...
+
+class GetPlacementGroup(_message.Message):
+    __slots__ = ("name",)
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    def __init__(self, name: _Optional[str] = ...) -> None: ...
+
+class PlacementGroupInfo(_message.Message):
+    __slots__ = ("group_id", "bundles", "strategy", "name", "node_id", "state")
+    GROUP_ID_FIELD_NUMBER: _ClassVar[int]
+    BUNDLES_FIELD_NUMBER: _ClassVar[int]
+    STRATEGY_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    group_id: bytes
+    bundles: _containers.RepeatedCompositeFieldContainer[Bundle]
+    strategy: str
+    name: str
+    node_id: str
+    state: str
+    def __init__(self, group_id: _Optional[bytes] = ..., bundles: _Optional[_Iterable[_Union[Bundle, _Mapping]]] = ..., strategy: _Optional[str] = ..., name: _Optional[str] = ..., node_id: _Optional[str] = ..., state: _Optional[str] = ...) -> None: ...
+
 class ClientMessage(_message.Message):
-    __slots__ = ("request_id", "hello", "submit", "subscribe", "put", "refs", "kill", "cancel", "get_actor", "cluster_info", "fetch", "blocked")
+    __slots__ = ("request_id", "hello", "submit", "subscribe", "put", "refs", "kill", "cancel", "get_actor", "cluster_info", "fetch", "blocked", "create_placement_group", "remove_placement_group", "get_placement_group")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     HELLO_FIELD_NUMBER: _ClassVar[int]
     SUBMIT_FIELD_NUMBER: _ClassVar[int]
@@ -278,6 +344,9 @@ class ClientMessage(_message.Message):
     CLUSTER_INFO_FIELD_NUMBER: _ClassVar[int]
     FETCH_FIELD_NUMBER: _ClassVar[int]
     BLOCKED_FIELD_NUMBER: _ClassVar[int]
+    CREATE_PLACEMENT_GROUP_FIELD_NUMBER: _ClassVar[int]
+    REMOVE_PLACEMENT_GROUP_FIELD_NUMBER: _ClassVar[int]
+    GET_PLACEMENT_GROUP_FIELD_NUMBER: _ClassVar[int]
     request_id: int
     hello: Hello
     submit: TaskSpec
@@ -290,7 +359,10 @@ class ClientMessage(_message.Message):
     cluster_info: ClusterInfoRequest
     fetch: FetchInline
     blocked: Blocked
-    def __init__(self, request_id: _Optional[int] = ..., hello: _Optional[_Union[Hello, _Mapping]] = ..., submit: _Optional[_Union[TaskSpec, _Mapping]] = ..., subscribe: _Optional[_Union[Subscribe, _Mapping]] = ..., put: _Optional[_Union[PutObject, _Mapping]] = ..., refs: _Optional[_Union[RefUpdate, _Mapping]] = ..., kill: _Optional[_Union[KillActor, _Mapping]] = ..., cancel: _Optional[_Union[CancelTask, _Mapping]] = ..., get_actor: _Optional[_Union[GetActor, _Mapping]] = ..., cluster_info: _Optional[_Union[ClusterInfoRequest, _Mapping]] = ..., fetch: _Optional[_Union[FetchInline, _Mapping]] = ..., blocked: _Optional[_Union[Blocked, _Mapping]] = ...) -> None: ...
+    create_placement_group: CreatePlacementGroup
+    remove_placement_group: RemovePlacementGroup
+    get_placement_group: GetPlacementGroup
+    def __init__(self, request_id: _Optional[int] = ..., hello: _Optional[_Union[Hello, _Mapping]] = ..., submit: _Optional[_Union[TaskSpec, _Mapping]] = ..., subscribe: _Optional[_Union[Subscribe, _Mapping]] = ..., put: _Optional[_Union[PutObject, _Mapping]] = ..., refs: _Optional[_Union[RefUpdate, _Mapping]] = ..., kill: _Optional[_Union[KillActor, _Mapping]] = ..., cancel: _Optional[_Union[CancelTask, _Mapping]] = ..., get_actor: _Optional[_Union[GetActor, _Mapping]] = ..., cluster_info: _Optional[_Union[ClusterInfoRequest, _Mapping]] = ..., fetch: _Optional[_Union[FetchInline, _Mapping]] = ..., blocked: _Optional[_Union[Blocked, _Mapping]] = ..., create_placement_group: _Optional[_Union[CreatePlacementGroup, _Mapping]] = ..., remove_placement_group: _Optional[_Union[RemovePlacementGroup, _Mapping]] = ..., get_placement_group: _Optional[_Union[GetPlacementGroup, _Mapping]] = ...) -> None: ...
 
 class ObjectReady(_message.Message):
     __slots__ = ("object_id", "inline_blob", "stored_size", "error")
@@ -415,18 +487,20 @@ class ClusterInfo(_message.Message):
     def __init__(self, nodes: _Optional[_Iterable[_Union[NodeInfo, _Mapping]]] = ..., version: _Optional[int] = ..., policy: _Optional[_Union[SignedPolicy, _Mapping]] = ...) -> None: ...
 
 class Reply(_message.Message):
-    __slots__ = ("error", "welcome", "actor", "cluster", "inline_blob")
+    __slots__ = ("error", "welcome", "actor", "cluster", "inline_blob", "placement_group")
     ERROR_FIELD_NUMBER: _ClassVar[int]
     WELCOME_FIELD_NUMBER: _ClassVar[int]
     ACTOR_FIELD_NUMBER: _ClassVar[int]
     CLUSTER_FIELD_NUMBER: _ClassVar[int]
     INLINE_BLOB_FIELD_NUMBER: _ClassVar[int]
+    PLACEMENT_GROUP_FIELD_NUMBER: _ClassVar[int]
     error: ErrorInfo
     welcome: Welcome
     actor: ActorInfo
     cluster: ClusterInfo
     inline_blob: bytes
-    def __init__(self, error: _Optional[_Union[ErrorInfo, _Mapping]] = ..., welcome: _Optional[_Union[Welcome, _Mapping]] = ..., actor: _Optional[_Union[ActorInfo, _Mapping]] = ..., cluster: _Optional[_Union[ClusterInfo, _Mapping]] = ..., inline_blob: _Optional[bytes] = ...) -> None: ...
+    placement_group: PlacementGroupInfo
+    def __init__(self, error: _Optional[_Union[ErrorInfo, _Mapping]] = ..., welcome: _Optional[_Union[Welcome, _Mapping]] = ..., actor: _Optional[_Union[ActorInfo, _Mapping]] = ..., cluster: _Optional[_Union[ClusterInfo, _Mapping]] = ..., inline_blob: _Optional[bytes] = ..., placement_group: _Optional[_Union[PlacementGroupInfo, _Mapping]] = ...) -> None: ...
 
 class ServerMessage(_message.Message):
     __slots__ = ("request_id", "ready", "reply")
@@ -558,19 +632,76 @@ class ActorCreated(_message.Message):
     error: ErrorInfo
     def __init__(self, actor_id: _Optional[bytes] = ..., error: _Optional[_Union[ErrorInfo, _Mapping]] = ...) -> None: ...
 
+class ReserveBundle(_message.Message):
+    __slots__ = ("tenant", "group_id", "index", "resources", "attempt")
+    class ResourcesEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: float
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
+    TENANT_FIELD_NUMBER: _ClassVar[int]
+    GROUP_ID_FIELD_NUMBER: _ClassVar[int]
+    INDEX_FIELD_NUMBER: _ClassVar[int]
+    RESOURCES_FIELD_NUMBER: _ClassVar[int]
+    ATTEMPT_FIELD_NUMBER: _ClassVar[int]
+    tenant: str
+    group_id: bytes
+    index: int
+    resources: _containers.ScalarMap[str, float]
+    attempt: int
+    def __init__(self, tenant: _Optional[str] = ..., group_id: _Optional[bytes] = ..., index: _Optional[int] = ..., resources: _Optional[_Mapping[str, float]] = ..., attempt: _Optional[int] = ...) -> None: ...
+
+class BundleReserved(_message.Message):
+    __slots__ = ("tenant", "group_id", "index", "ok", "error", "attempt")
+    TENANT_FIELD_NUMBER: _ClassVar[int]
+    GROUP_ID_FIELD_NUMBER: _ClassVar[int]
+    INDEX_FIELD_NUMBER: _ClassVar[int]
+    OK_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    ATTEMPT_FIELD_NUMBER: _ClassVar[int]
+    tenant: str
+    group_id: bytes
+    index: int
+    ok: bool
+    error: str
+    attempt: int
+    def __init__(self, tenant: _Optional[str] = ..., group_id: _Optional[bytes] = ..., index: _Optional[int] = ..., ok: _Optional[bool] = ..., error: _Optional[str] = ..., attempt: _Optional[int] = ...) -> None: ...
+
+class ReleaseBundle(_message.Message):
+    __slots__ = ("tenant", "group_id", "index", "attempt")
+    TENANT_FIELD_NUMBER: _ClassVar[int]
+    GROUP_ID_FIELD_NUMBER: _ClassVar[int]
+    INDEX_FIELD_NUMBER: _ClassVar[int]
+    ATTEMPT_FIELD_NUMBER: _ClassVar[int]
+    tenant: str
+    group_id: bytes
+    index: int
+    attempt: int
+    def __init__(self, tenant: _Optional[str] = ..., group_id: _Optional[bytes] = ..., index: _Optional[int] = ..., attempt: _Optional[int] = ...) -> None: ...
+
 class PeerMessage(_message.Message):
-    __slots__ = ("forward", "finished", "kill", "cancel", "free")
+    __slots__ = ("forward", "finished", "kill", "cancel", "free", "reserve", "reserved", "release", "remove_group")
     FORWARD_FIELD_NUMBER: _ClassVar[int]
     FINISHED_FIELD_NUMBER: _ClassVar[int]
     KILL_FIELD_NUMBER: _ClassVar[int]
     CANCEL_FIELD_NUMBER: _ClassVar[int]
     FREE_FIELD_NUMBER: _ClassVar[int]
+    RESERVE_FIELD_NUMBER: _ClassVar[int]
+    RESERVED_FIELD_NUMBER: _ClassVar[int]
+    RELEASE_FIELD_NUMBER: _ClassVar[int]
+    REMOVE_GROUP_FIELD_NUMBER: _ClassVar[int]
     forward: TaskSpec
     finished: TaskFinished
     kill: KillActor
     cancel: CancelTask
     free: ObjectLocation
-    def __init__(self, forward: _Optional[_Union[TaskSpec, _Mapping]] = ..., finished: _Optional[_Union[TaskFinished, _Mapping]] = ..., kill: _Optional[_Union[KillActor, _Mapping]] = ..., cancel: _Optional[_Union[CancelTask, _Mapping]] = ..., free: _Optional[_Union[ObjectLocation, _Mapping]] = ...) -> None: ...
+    reserve: ReserveBundle
+    reserved: BundleReserved
+    release: ReleaseBundle
+    remove_group: ReleaseBundle
+    def __init__(self, forward: _Optional[_Union[TaskSpec, _Mapping]] = ..., finished: _Optional[_Union[TaskFinished, _Mapping]] = ..., kill: _Optional[_Union[KillActor, _Mapping]] = ..., cancel: _Optional[_Union[CancelTask, _Mapping]] = ..., free: _Optional[_Union[ObjectLocation, _Mapping]] = ..., reserve: _Optional[_Union[ReserveBundle, _Mapping]] = ..., reserved: _Optional[_Union[BundleReserved, _Mapping]] = ..., release: _Optional[_Union[ReleaseBundle, _Mapping]] = ..., remove_group: _Optional[_Union[ReleaseBundle, _Mapping]] = ...) -> None: ...
 
 class PeerBatch(_message.Message):
     __slots__ = ("messages",)
@@ -629,7 +760,7 @@ class RegisterNode(_message.Message):
     def __init__(self, address: _Optional[str] = ..., region: _Optional[str] = ..., resources: _Optional[_Mapping[str, float]] = ..., labels: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class NodeReport(_message.Message):
-    __slots__ = ("available", "running_tasks", "queued_tasks", "workers", "register", "tenant_load")
+    __slots__ = ("available", "running_tasks", "queued_tasks", "workers", "register", "tenant_load", "total")
     class AvailableEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -644,19 +775,28 @@ class NodeReport(_message.Message):
         key: str
         value: TenantLoad
         def __init__(self, key: _Optional[str] = ..., value: _Optional[_Union[TenantLoad, _Mapping]] = ...) -> None: ...
+    class TotalEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: float
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
     AVAILABLE_FIELD_NUMBER: _ClassVar[int]
     RUNNING_TASKS_FIELD_NUMBER: _ClassVar[int]
     QUEUED_TASKS_FIELD_NUMBER: _ClassVar[int]
     WORKERS_FIELD_NUMBER: _ClassVar[int]
     REGISTER_FIELD_NUMBER: _ClassVar[int]
     TENANT_LOAD_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_FIELD_NUMBER: _ClassVar[int]
     available: _containers.ScalarMap[str, float]
     running_tasks: int
     queued_tasks: int
     workers: int
     register: RegisterNode
     tenant_load: _containers.MessageMap[str, TenantLoad]
-    def __init__(self, available: _Optional[_Mapping[str, float]] = ..., running_tasks: _Optional[int] = ..., queued_tasks: _Optional[int] = ..., workers: _Optional[int] = ..., register: _Optional[_Union[RegisterNode, _Mapping]] = ..., tenant_load: _Optional[_Mapping[str, TenantLoad]] = ...) -> None: ...
+    total: _containers.ScalarMap[str, float]
+    def __init__(self, available: _Optional[_Mapping[str, float]] = ..., running_tasks: _Optional[int] = ..., queued_tasks: _Optional[int] = ..., workers: _Optional[int] = ..., register: _Optional[_Union[RegisterNode, _Mapping]] = ..., tenant_load: _Optional[_Mapping[str, TenantLoad]] = ..., total: _Optional[_Mapping[str, float]] = ...) -> None: ...
 
 class ActorRecord(_message.Message):
     __slots__ = ("info",)
