@@ -16,7 +16,6 @@ from pathlib import Path
 
 import grpc
 
-from fabric._agent.node import only_own
 from fabric._launch import (
     add_credential_args,
     fail,
@@ -33,6 +32,7 @@ from fabric._proto import fabric_pb2_grpc as rpc
 from fabric._tls import (
     PeerAuthenticator,
 )
+from fabric._views import only_own
 from fabric.exceptions import FabricError
 from fabric.policy import PolicyError, load_policy, load_policy_text
 from fabric.policy._model import OPEN_POLICY, Policy, canonical_json

@@ -30,7 +30,6 @@ from fabric._agent.state import (
     TaskState,
     return_id,
 )
-from fabric._bundle_resources import is_other_tenants
 from fabric._bundle_resources import name_problem as bundle_name_problem
 from fabric._object_store import ObjectStoreError
 from fabric._proto import fabric_pb2 as pb
@@ -38,6 +37,7 @@ from fabric._serialization import (
     INLINE_THRESHOLD,
     SerializationError,
 )
+from fabric._views import only_own
 from fabric.policy import Outcome
 from fabric.policy._admission import Usage, admission_refusal, decide_admission
 from fabric.policy._labels import LabelSelectorError, parse_selector
@@ -494,22 +494,6 @@ class NodeAgent(Bundles):
         for actor in self.actors.values():
             if actor.worker is not None:
                 actor.worker.kill()
-
-
-def only_own(node: pb.NodeInfo, tenant: str) -> None:
-    """Reduce a node's load figures to `tenant`'s: another tenant's work is not its business."""
-    own = pb.TenantLoad()
-    if tenant in node.tenant_load:
-        own.CopyFrom(node.tenant_load[tenant])
-    node.tenant_load.clear()
-    node.tenant_load[tenant].CopyFrom(own)
-    node.running_tasks = own.running_tasks
-    node.queued_tasks = own.queued_tasks
-    node.workers = own.workers
-    # Another tenant's placement-group resources name it and its groups.
-    for resources in (node.total, node.available):
-        for name in [n for n in resources if is_other_tenants(n, tenant)]:
-            del resources[name]
 
 
 def _validate_spec(spec: pb.TaskSpec) -> str | None:
