@@ -2,10 +2,21 @@
 
 Every decision the fabric takes is appended to one log. The log is an RFC 9162 Merkle tree,
 so anyone holding a signed checkpoint (a C2SP tlog-checkpoint) can check with a short proof
-that a record is in the log and that the log only ever grew. This package is the pure core:
-hashing, proofs and checkpoints, without storage or networking.
+that a record is in the log and that the log only ever grew.
+
+* The integrity core: hashing, proofs and checkpoints (``_merkle``, ``_checkpoint``).
+* Entries and their canonical encoding (``_entry``).
+* The log as a library, without networking: storage behind :class:`AuditStore` (SQLite now),
+  the sequencer :class:`AuditLog` with queries and proof bundles, and :func:`verify_log`,
+  which checks a whole stored log with nothing but its public key.
 """
 
+from ._bundle import (
+    ProofBundle as ProofBundle,
+)
+from ._bundle import (
+    check_proof as check_proof,
+)
 from ._checkpoint import (
     Checkpoint as Checkpoint,
 )
@@ -24,6 +35,21 @@ from ._checkpoint import (
 from ._checkpoint import (
     verify_checkpoint as verify_checkpoint,
 )
+from ._entry import (
+    Entry as Entry,
+)
+from ._entry import (
+    decode as decode,
+)
+from ._entry import (
+    encode as encode,
+)
+from ._entry import (
+    entry_time as entry_time,
+)
+from ._entry import (
+    from_decision as from_decision,
+)
 from ._errors import (
     AuditError as AuditError,
 )
@@ -34,13 +60,28 @@ from ._errors import (
     CheckpointError as CheckpointError,
 )
 from ._errors import (
+    EntryError as EntryError,
+)
+from ._errors import (
     KeyFormatError as KeyFormatError,
 )
 from ._errors import (
     MalformedCheckpointError as MalformedCheckpointError,
 )
 from ._errors import (
+    ProofError as ProofError,
+)
+from ._errors import (
+    ProofUnavailableError as ProofUnavailableError,
+)
+from ._errors import (
+    StoreError as StoreError,
+)
+from ._errors import (
     UnknownKeyError as UnknownKeyError,
+)
+from ._log import (
+    AuditLog as AuditLog,
 )
 from ._merkle import (
     EMPTY_ROOT as EMPTY_ROOT,
@@ -90,23 +131,58 @@ from ._merkle import (
 from ._merkle import (
     verify_inclusion as verify_inclusion,
 )
+from ._query import (
+    Query as Query,
+)
+from ._store import (
+    AuditStore as AuditStore,
+)
+from ._store import (
+    SqliteAuditStore as SqliteAuditStore,
+)
+from ._verify import (
+    Problem as Problem,
+)
+from ._verify import (
+    VerifyReport as VerifyReport,
+)
+from ._verify import (
+    verify_log as verify_log,
+)
 
 __all__ = [
     "EMPTY_ROOT",
     "HASH_SIZE",
     "AuditError",
+    "AuditLog",
+    "AuditStore",
     "BadSignatureError",
     "Checkpoint",
     "CheckpointError",
     "CompactRange",
+    "Entry",
+    "EntryError",
     "KeyFormatError",
     "MalformedCheckpointError",
     "NodeHash",
+    "Problem",
+    "ProofBundle",
+    "ProofError",
+    "ProofUnavailableError",
+    "Query",
+    "SqliteAuditStore",
+    "StoreError",
     "TreeNode",
     "UnknownKeyError",
+    "VerifyReport",
+    "check_proof",
     "consistency_proof",
     "consistency_proof_from",
+    "decode",
+    "encode",
     "encode_vkey",
+    "entry_time",
+    "from_decision",
     "inclusion_proof",
     "inclusion_proof_from",
     "key_hash",
@@ -120,4 +196,5 @@ __all__ = [
     "verify_checkpoint",
     "verify_consistency",
     "verify_inclusion",
+    "verify_log",
 ]

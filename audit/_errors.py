@@ -1,8 +1,10 @@
 """The errors of :mod:`fabric.audit`. Every one derives from :class:`AuditError`.
 
-Proof verification does not raise: a proof that does not verify is an ordinary answer
-(``False``), not an error. Errors are for things a caller must act on: a checkpoint that
-cannot be trusted, or a key that cannot be used.
+The Merkle proof checks of ``_merkle`` do not raise: a proof that does not verify is an
+ordinary answer (``False``), not an error. Errors are for things a caller must act on: a
+checkpoint that cannot be trusted, a key that cannot be used, an entry that is not well formed,
+a proof bundle that does not check out (the caller refuses the record it vouches for), or a
+store the log cannot trust.
 """
 
 from __future__ import annotations
@@ -32,3 +34,21 @@ class UnknownKeyError(CheckpointError):
 
 class BadSignatureError(CheckpointError):
     """The checkpoint carries a signature by the expected key, and it does not verify."""
+
+
+class EntryError(AuditError):
+    """An entry that is not well formed, or bytes that are not the canonical encoding of one,
+    or an entry whose id is already in the log with other content."""
+
+
+class ProofError(AuditError):
+    """A proof bundle that does not verify. The message names the step that failed."""
+
+
+class ProofUnavailableError(AuditError):
+    """No proof can be made yet: the entry is not in the log, or no signed checkpoint covers it."""
+
+
+class StoreError(AuditError):
+    """The store disagrees with itself or with the log opening it (origin, key, checkpoints),
+    or lacks a value the log needs: the log refuses to run on it."""

@@ -55,20 +55,37 @@ from fabric.exceptions import FabricError
 def test_public_api_is_exactly_this() -> None:
     assert sorted(fabric.audit.__all__) == [
         "AuditError",
+        "AuditLog",
+        "AuditStore",
         "BadSignatureError",
         "Checkpoint",
         "CheckpointError",
         "CompactRange",
         "EMPTY_ROOT",
+        "Entry",
+        "EntryError",
         "HASH_SIZE",
         "KeyFormatError",
         "MalformedCheckpointError",
         "NodeHash",
+        "Problem",
+        "ProofBundle",
+        "ProofError",
+        "ProofUnavailableError",
+        "Query",
+        "SqliteAuditStore",
+        "StoreError",
         "TreeNode",
         "UnknownKeyError",
+        "VerifyReport",
+        "check_proof",
         "consistency_proof",
         "consistency_proof_from",
+        "decode",
+        "encode",
         "encode_vkey",
+        "entry_time",
+        "from_decision",
         "inclusion_proof",
         "inclusion_proof_from",
         "key_hash",
@@ -82,6 +99,7 @@ def test_public_api_is_exactly_this() -> None:
         "verify_checkpoint",
         "verify_consistency",
         "verify_inclusion",
+        "verify_log",
     ]
     public = {name for name in vars(fabric.audit) if not name.startswith("_")}
     assert public - set(fabric.audit.__all__) == set()
@@ -93,7 +111,7 @@ def test_every_error_derives_from_the_package_root() -> None:
         for value in vars(fabric.audit).values()
         if isinstance(value, type) and issubclass(value, BaseException)
     ]
-    assert len(errors) == 6
+    assert len(errors) == 10
     assert all(issubclass(error, AuditError) for error in errors)
     assert issubclass(AuditError, FabricError)
 

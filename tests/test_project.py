@@ -72,3 +72,15 @@ def test_ruff_is_clean() -> None:
         [sys.executable, "-m", "ruff", "check", str(ROOT)], capture_output=True, text=True
     )
     assert result.returncode == 0, result.stdout
+
+
+def test_mypy_is_clean() -> None:
+    packages = ["fabric", "policy", "cli", "audit", "tests", "benchmarks", "scripts"]
+    result = subprocess.run(
+        [sys.executable, "-m", "mypy", *packages],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert result.returncode == 0, result.stdout[-5000:]
