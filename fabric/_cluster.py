@@ -160,9 +160,15 @@ def agent_command(
     labels: Mapping[str, str],
     ready_file: Path,
     store_root: Path | None = None,
+    state_dir: Path | None = None,
+    audit: bool = True,
 ) -> list[str]:
     """The command line of a node agent process (``python -m fabric._agent ...``)."""
     extra = ["--store-root", str(store_root)] if store_root is not None else []
+    if state_dir is not None:
+        extra += ["--state-dir", str(state_dir)]
+    if not audit:
+        extra.append("--no-audit")
     return [
         sys.executable,
         "-m",
@@ -437,7 +443,10 @@ class LocalCluster:
         tenants: Sequence[str] = ("default",),
         host: str = "127.0.0.1",
         policy: Path | str | None = None,
+        audit: bool = True,
     ) -> None:
+        # False only to measure what recording decisions costs: agents then record nothing.
+        self.audit = audit
         # A tenancy policy YAML the head starts under; None: the open default policy.
         self.policy = Path(policy) if policy is not None else None
         self._store_root: Path | None = None
@@ -605,6 +614,8 @@ class LocalCluster:
                 spec.labels,
                 self._ready_path(spec.node_id),
                 self._store_root,
+                state_dir=self.base_dir / spec.node_id,
+                audit=self.audit,
             )
             release(agents[spec.node_id], cmd, lifeline=True)
         ready = wait_ready(agents.values(), timeout, since=since)

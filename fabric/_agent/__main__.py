@@ -10,9 +10,12 @@ import os
 import secrets
 from pathlib import Path
 
+from fabric._agent.durability import DurableGate, install
 from fabric._agent.isolation import separate_uids_unavailable, tenant_uid
+from fabric._agent.journal import Journal
 from fabric._agent.local import serve_local
 from fabric._agent.node import NodeAgent
+from fabric._agent.recorder import Recorder
 from fabric._agent.service import ALLOWED_KINDS, AgentService, HeadLink, PeerLinks
 from fabric._agent.workers import WorkerLauncher
 from fabric._launch import (
@@ -43,6 +46,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--ready-file", type=Path)
     parser.add_argument("--store-root", type=Path, help="parent of the object store directory")
     parser.add_argument("--log-dir", type=Path, help="where worker logs go")
+    parser.add_argument(
+        "--state-dir",
+        type=Path,
+        help="where the agent keeps its audit journal (default: beside its object store)",
+    )
+    parser.add_argument(
+        "--no-audit",
+        action="store_true",
+        help="do not record decisions (for measuring what recording costs; never in use)",
+    )
     return parser.parse_args(argv)
 
 
@@ -114,6 +127,19 @@ async def serve(args: argparse.Namespace) -> None:
     )
     head.node = node
     node.on_load_change = head.changed.set
+    gate = None
+    if not args.no_audit:
+        journal_dir = args.state_dir or store_root / "journal"
+        journal = Journal(journal_dir)
+        gate = DurableGate(journal)
+        install(gate)
+        node.recorder = Recorder(node_id, journal)
+        node.recorder.on_append = gate.soon
+        head.journal = journal
+        gate.on_synced = head.audit_ready.set
+        log.info("decisions are journaled in %s before they are acted on", journal_dir)
+    else:
+        log.warning("decisions are NOT recorded (--no-audit)")
     rpc.add_AgentServicer_to_server(AgentService(node, auth), server)
     await server.start()
     # Drivers on this host may move their session to the local channel.
@@ -122,6 +148,11 @@ async def serve(args: argparse.Namespace) -> None:
     node.local_socket = str(local_path)
 
     head_task = asyncio.get_running_loop().create_task(head.run())
+    forwarder = (
+        asyncio.get_running_loop().create_task(head.forward_audit())
+        if head.journal is not None
+        else None
+    )
     joined = asyncio.ensure_future(head.first_view.wait())
     refused = asyncio.ensure_future(head.refused.wait())
     await asyncio.wait({joined, refused}, timeout=30, return_when=asyncio.FIRST_COMPLETED)
@@ -140,6 +171,10 @@ async def serve(args: argparse.Namespace) -> None:
     log.info("agent %s stopping", node_id)
     node.shutdown()
     head_task.cancel()
+    if forwarder is not None:
+        forwarder.cancel()
+    if gate is not None:
+        gate.close()
     local.close()
     await server.stop(grace=0.5)
     await peers.close()

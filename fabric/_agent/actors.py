@@ -85,7 +85,7 @@ class Actors(Dispatch):
         decision = decide_placement(
             request, self._node_views(), self._policy_of(task.spec), self.view_version
         )
-        self._record(decision, task.spec)
+        task.audit_id = self._record(decision, task.spec, parent=task.audit_id) or task.audit_id
         if decision.outcome is Outcome.REFUSE:
             self._fail(task, refusal(E.RESIDENCY_REFUSED, decision))
             return False

@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable
 from typing import Protocol
 
+from fabric._agent.recorder import Recorder
 from fabric._agent.scheduler import LocalQueues, Shape
 from fabric._agent.state import (
     ActorEntry,
@@ -152,6 +153,8 @@ class AgentBase:
         # admitted under.
         self.policy: Policy = OPEN_POLICY
         self.policies: dict[str, Policy] = {OPEN_POLICY.version: OPEN_POLICY}
+        # Journals every decision for the audit log (None: not recorded, e.g. in unit tests).
+        self.recorder: Recorder | None = None
         self.usage: dict[str, Usage] = {}  # per tenant: admitted here and unfinished
         self.held: dict[str, dict[str, float]] = {}  # per tenant: held by running work
         self.on_load_change: Callable[[], None] = lambda: None
@@ -173,9 +176,35 @@ class AgentBase:
     def _policy_of(self, spec: pb.TaskSpec) -> Policy:
         return self.policies.get(spec.policy_version) or self.policy
 
-    def _record(self, decision: Decision, spec: pb.TaskSpec | None = None) -> None:
+    def _record(
+        self,
+        decision: Decision,
+        spec: pb.TaskSpec | None = None,
+        *,
+        kind: str = "place",
+        tenant: str = "",
+        objects: tuple[bytes, ...] = (),
+        parent: str = "",
+    ) -> str:
+        """Journal `decision` before anything acts on it; returns its audit entry id."""
         if self.on_decision is not None:
             self.on_decision(decision, spec)
+        if self.recorder is None:
+            return ""
+        if spec is None:
+            return self.recorder.record(
+                decision, kind=kind, tenant=tenant, objects=[o.hex() for o in objects]
+            )
+        return self.recorder.record(
+            decision,
+            kind=kind,
+            tenant=spec.tenant,
+            job=spec.job_id.hex(),
+            task=spec.task_id.hex(),
+            actor=spec.actor_id.hex(),
+            function=spec.function_digest.hex(),
+            parent=parent,
+        )
 
     def _release_admission(self, task: TaskEntry) -> None:
         if task.admitted:

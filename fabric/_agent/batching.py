@@ -6,6 +6,8 @@ import asyncio
 from collections.abc import Callable
 from typing import Any
 
+from fabric._agent.durability import release
+
 
 class Batcher:
     """Collects messages produced while one event is handled and hands them over as one
@@ -20,9 +22,10 @@ class Batcher:
     def send(self, message: Any) -> None:
         self._pending.append(message)
         if len(self._pending) == 1:
-            self._loop.call_soon(self.flush)
+            self._loop.call_soon(release, self.flush)
 
     def flush(self) -> None:
+        """Hand over what is pending now (`send` schedules this, behind the audit gate)."""
         if self._pending:
             pending, self._pending = self._pending, []
             self._put(self._make_batch(pending))

@@ -243,7 +243,7 @@ class Bundles(Actors):
             for bundle in bundles:
                 admission = decide_admission(policy, tenant, Usage(), resources=bundle)
                 if admission.outcome is Outcome.REFUSE:
-                    self._record(admission)
+                    self._record(admission, kind="admit", tenant=tenant)
                     self._reply(
                         session, request_id, pb.Reply(error=refusal(E.QUOTA_EXCEEDED, admission))
                     )
@@ -300,7 +300,7 @@ class Bundles(Actors):
         decision, nodes = decide_bundles(request, self._node_views(), policy, self.view_version)
         took = time.monotonic() - began
         group.retry_at = began + took + max(PLACING_RETRY, DECISION_COST_FACTOR * took)
-        self._record(decision)
+        self._record(decision, kind="placement-group", tenant=request.tenant)
         return decision, nodes
 
     def _act_on(self, group: Group, decision: Decision, nodes: tuple[str, ...]) -> None:

@@ -154,7 +154,7 @@ class Dispatch(ObjectTable):
         decision = decide_placement(
             request, self._node_views(), self._policy_of(spec), self.view_version
         )
-        self._record(decision, spec)
+        task.audit_id = self._record(decision, spec, parent=task.audit_id) or task.audit_id
         if decision.node_id == self.node_id and not (
             decision.outcome is Outcome.QUEUE and spec.kind == pb.ACTOR_CREATION
         ):
@@ -201,6 +201,7 @@ class Dispatch(ObjectTable):
         forward = pb.TaskSpec()
         forward.CopyFrom(spec)
         forward.hops += 1
+        forward.audit_parent = task.audit_id  # the chain goes on where the task goes
         if spec.kind != pb.ACTOR_TASK:
             self._note_sent(node_id, shape_of(spec.resources))
             forward.function_blob = self.functions.get((spec.tenant, spec.function_digest), b"")
@@ -686,6 +687,23 @@ class Dispatch(ObjectTable):
         task.state = TaskState.DONE
         self.queues.uncommit(task)
         tenant = task.spec.tenant
+        if self.recorder is not None:
+            failed = next((loc.error.message for loc in locations if loc.HasField("error")), "")
+            errored = failed or any(
+                loc.inline_blob and blob_kind(loc.inline_blob) == KIND_ERROR for loc in locations
+            )
+            self.recorder.event(
+                kind="task.finish",
+                tenant=tenant,
+                outcome="error" if errored else "ok",
+                rules=("task.finish",),
+                reasons=(failed,) if failed else (),
+                task=task.task_id.hex(),
+                actor=task.spec.actor_id.hex(),
+                job=task.spec.job_id.hex(),
+                policy=task.spec.policy_version,
+                parent=task.audit_id,
+            )
         self.tasks.pop((tenant, task.task_id), None)
         self._release_admission(task)
         self._unpin_args(task)

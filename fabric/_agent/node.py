@@ -166,6 +166,7 @@ class NodeAgent(Bundles):
         spec.job_id = session.job_id
         spec.caller_id = session.session_id.to_bytes(8, "big")
         spec.hops = 0
+        spec.audit_parent = self._parent_entry(session, spec)
         if spec.function_blob:
             self.functions[(tenant, spec.function_digest)] = spec.function_blob
             spec.ClearField("function_blob")
@@ -219,6 +220,15 @@ class NodeAgent(Bundles):
         self._reply(session, request_id, pb.Reply())
         self._route(task)
 
+    def _parent_entry(self, session: Session, spec: pb.TaskSpec) -> str:
+        """The audit entry a task submitted from inside a running task follows from: the
+        latest entry of that task on this node ("" for a driver's submission)."""
+        worker = session.worker
+        if worker is None:
+            return ""
+        parent = worker.running.get(spec.parent_task_id)
+        return parent.audit_id if isinstance(parent, TaskEntry) else ""
+
     def _admit(self, session: Session, spec: pb.TaskSpec) -> pb.ErrorInfo | None:
         """Check a submission against the policy: its label selector and residency label
         mean something, its quotas allow it. Sets the residency and policy version it is
@@ -254,10 +264,10 @@ class NodeAgent(Bundles):
         usage = self._usage(session.tenant, actors=creation)
         asked = {"tasks": 1, "actors": 1 if creation else 0, "resources": spec.resources}
         if admission_refusal(policy, session.tenant, usage, **asked) is None:
-            if self.on_decision is None:
+            if self.on_decision is None and self.recorder is None:
                 return None  # admitted; nobody records the decision, so none is made
         decision = decide_admission(policy, session.tenant, usage, **asked)
-        self._record(decision, spec)
+        spec.audit_parent = self._record(decision, spec, kind="admit", parent=spec.audit_parent)
         if decision.outcome is Outcome.REFUSE:
             return refusal(E.QUOTA_EXCEEDED, decision)
         return None

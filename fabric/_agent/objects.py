@@ -125,7 +125,7 @@ class ObjectTable(AgentBase):
             self.node_id,
             self.region,
         )
-        self._record(decision)
+        self._record(decision, kind="store", tenant=session.tenant, objects=(object_id,))
         if decision.outcome is Outcome.REFUSE:
             return refusal(E.RESIDENCY_REFUSED, decision)
         return None
@@ -137,7 +137,7 @@ class ObjectTable(AgentBase):
         usage = Usage(object_store=self.store.tenant_bytes(session.tenant))
         decision = decide_admission(self.policy, session.tenant, usage, object_bytes=size)
         if decision.outcome is Outcome.REFUSE:
-            self._record(decision)
+            self._record(decision, kind="admit", tenant=session.tenant, objects=(object_id,))
             return refusal(E.QUOTA_EXCEEDED, decision)
         return None
 
@@ -156,7 +156,7 @@ class ObjectTable(AgentBase):
             self.node_id,
             self.region,
         )
-        self._record(decision)
+        self._record(decision, kind="deliver", tenant=session.tenant, objects=(object_id,))
         if decision.outcome is Outcome.REFUSE:
             return refusal(E.RESIDENCY_REFUSED, decision)
         return None
@@ -335,7 +335,7 @@ class ObjectTable(AgentBase):
                 requester,
                 self._region_of(requester),
             )
-            self._record(decision)
+            self._record(decision, kind="transfer", tenant=tenant, objects=(object_id,))
             if decision.outcome is Outcome.REFUSE:
                 location.error.CopyFrom(refusal(E.RESIDENCY_REFUSED, decision))
                 return location

@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator, Callable
 import grpc
 
 from fabric._agent.batching import Batcher
+from fabric._agent.journal import Journal
 from fabric._agent.node import NodeAgent
 from fabric._agent.sessions import REAUTH_INTERVAL, DriverSession
 from fabric._object_store import ObjectStore
@@ -26,6 +27,7 @@ from fabric._tls import PeerAuthenticationError, PeerAuthenticator, secure_aio_c
 log = logging.getLogger(__name__)
 
 CHUNK_SIZE = 4 << 20
+AUDIT_BATCH = 2000  # records per forwarded batch
 HEARTBEAT_INTERVAL = 1.0
 
 ALLOWED_KINDS = {
@@ -222,6 +224,8 @@ class HeadLink:
         self.first_view = asyncio.Event()
         self.refused = asyncio.Event()  # the head will not have us (e.g. a region claim)
         self.error: str | None = None
+        self.journal: Journal | None = None  # this node's audit journal, when it records
+        self.audit_ready = asyncio.Event()  # new durable records to forward
 
     def _register(self) -> pb.RegisterNode:
         node = self.node
@@ -287,6 +291,30 @@ class HeadLink:
                 log.warning("lost the head: %s", self.error)
             await asyncio.sleep(delay)
             delay = min(delay * 2, 5.0)
+
+    async def forward_audit(self) -> None:
+        """Forward the journal's durable records to the head's sequencer, in order, for
+        ever; the head knows records by id, so a batch sent twice is stored once."""
+        journal = self.journal
+        assert journal is not None
+        delay = 0.2
+        while True:
+            start, records = journal.pending(AUDIT_BATCH)
+            if not records:
+                self.audit_ready.clear()
+                start, records = journal.pending(AUDIT_BATCH)
+                if not records:
+                    await self.audit_ready.wait()
+                    continue
+            try:
+                await self.stub.AppendAudit(pb.AuditRecords(entries=records), timeout=30)
+            except grpc.aio.AioRpcError as e:
+                log.warning("could not forward %d audit records: %s", len(records), e.details())
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+                continue
+            journal.acknowledge(start + len(records))
+            delay = 0.2
 
     # -- the actor directory (the agent's `Directory`) -----------------------------------
 

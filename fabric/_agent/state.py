@@ -70,6 +70,7 @@ class TaskEntry:
     # Regions its results may live in: its spec's, narrowed by every object it reads.
     residency: Regions = None
     admitted: bool = False  # counted against its tenant's quotas on this node
+    audit_id: str = ""  # the latest audit entry of this task here: the next one's parent
 
     def __post_init__(self) -> None:
         # Crashes this task may survive: its own retries, or its actor's for a call.
@@ -79,6 +80,7 @@ class TaskEntry:
         elif spec.kind == pb.ACTOR_TASK:
             self.retries_left = spec.actor_options.max_task_retries
         self.residency = decode_regions(spec.residency)
+        self.audit_id = spec.audit_parent
 
     @property
     def task_id(self) -> bytes:

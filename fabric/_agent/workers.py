@@ -18,6 +18,7 @@ import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
+from fabric._agent.durability import release
 from fabric._proto import fabric_pb2 as pb
 
 log = logging.getLogger(__name__)
@@ -70,7 +71,7 @@ class Worker:
         """Queue `message`; everything queued in one loop turn leaves in one write."""
         data = message.SerializeToString()
         if not self._outbox:
-            asyncio.get_running_loop().call_soon(self._flush)
+            asyncio.get_running_loop().call_soon(release, self._flush)
         self._outbox.append(_LEN.pack(len(data)))
         self._outbox.append(data)
 

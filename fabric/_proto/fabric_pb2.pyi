@@ -89,7 +89,7 @@ class ActorOptions(_message.Message):
     def __init__(self, max_restarts: _Optional[int] = ..., max_task_retries: _Optional[int] = ..., max_concurrency: _Optional[int] = ..., name: _Optional[str] = ..., namespace: _Optional[str] = ..., detached: _Optional[bool] = ..., class_name: _Optional[str] = ..., handle_meta: _Optional[str] = ...) -> None: ...
 
 class TaskSpec(_message.Message):
-    __slots__ = ("task_id", "kind", "function_digest", "function_blob", "function_name", "args", "num_returns", "resources", "max_retries", "retry_exceptions", "actor_id", "method_name", "sequence_no", "actor_options", "parent_task_id", "owner_node", "tenant", "job_id", "caller_id", "actor_node", "hops", "label_selector", "residency_label", "residency", "policy_version")
+    __slots__ = ("task_id", "kind", "function_digest", "function_blob", "function_name", "args", "num_returns", "resources", "max_retries", "retry_exceptions", "actor_id", "method_name", "sequence_no", "actor_options", "parent_task_id", "owner_node", "tenant", "job_id", "caller_id", "actor_node", "hops", "label_selector", "residency_label", "residency", "policy_version", "audit_parent")
     class ResourcesEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -129,6 +129,7 @@ class TaskSpec(_message.Message):
     RESIDENCY_LABEL_FIELD_NUMBER: _ClassVar[int]
     RESIDENCY_FIELD_NUMBER: _ClassVar[int]
     POLICY_VERSION_FIELD_NUMBER: _ClassVar[int]
+    AUDIT_PARENT_FIELD_NUMBER: _ClassVar[int]
     task_id: bytes
     kind: TaskKind
     function_digest: bytes
@@ -154,7 +155,8 @@ class TaskSpec(_message.Message):
     residency_label: str
     residency: str
     policy_version: str
-    def __init__(self, task_id: _Optional[bytes] = ..., kind: _Optional[_Union[TaskKind, str]] = ..., function_digest: _Optional[bytes] = ..., function_blob: _Optional[bytes] = ..., function_name: _Optional[str] = ..., args: _Optional[_Iterable[_Union[Arg, _Mapping]]] = ..., num_returns: _Optional[int] = ..., resources: _Optional[_Mapping[str, float]] = ..., max_retries: _Optional[int] = ..., retry_exceptions: _Optional[bool] = ..., actor_id: _Optional[bytes] = ..., method_name: _Optional[str] = ..., sequence_no: _Optional[int] = ..., actor_options: _Optional[_Union[ActorOptions, _Mapping]] = ..., parent_task_id: _Optional[bytes] = ..., owner_node: _Optional[str] = ..., tenant: _Optional[str] = ..., job_id: _Optional[bytes] = ..., caller_id: _Optional[bytes] = ..., actor_node: _Optional[str] = ..., hops: _Optional[int] = ..., label_selector: _Optional[_Mapping[str, str]] = ..., residency_label: _Optional[str] = ..., residency: _Optional[str] = ..., policy_version: _Optional[str] = ...) -> None: ...
+    audit_parent: str
+    def __init__(self, task_id: _Optional[bytes] = ..., kind: _Optional[_Union[TaskKind, str]] = ..., function_digest: _Optional[bytes] = ..., function_blob: _Optional[bytes] = ..., function_name: _Optional[str] = ..., args: _Optional[_Iterable[_Union[Arg, _Mapping]]] = ..., num_returns: _Optional[int] = ..., resources: _Optional[_Mapping[str, float]] = ..., max_retries: _Optional[int] = ..., retry_exceptions: _Optional[bool] = ..., actor_id: _Optional[bytes] = ..., method_name: _Optional[str] = ..., sequence_no: _Optional[int] = ..., actor_options: _Optional[_Union[ActorOptions, _Mapping]] = ..., parent_task_id: _Optional[bytes] = ..., owner_node: _Optional[str] = ..., tenant: _Optional[str] = ..., job_id: _Optional[bytes] = ..., caller_id: _Optional[bytes] = ..., actor_node: _Optional[str] = ..., hops: _Optional[int] = ..., label_selector: _Optional[_Mapping[str, str]] = ..., residency_label: _Optional[str] = ..., residency: _Optional[str] = ..., policy_version: _Optional[str] = ..., audit_parent: _Optional[str] = ...) -> None: ...
 
 class Hello(_message.Message):
     __slots__ = ("namespace", "host_token")
@@ -829,3 +831,83 @@ class PolicyRequest(_message.Message):
     filename: str
     dry_run: bool
     def __init__(self, text: _Optional[str] = ..., filename: _Optional[str] = ..., dry_run: _Optional[bool] = ...) -> None: ...
+
+class AuditRecords(_message.Message):
+    __slots__ = ("entries",)
+    ENTRIES_FIELD_NUMBER: _ClassVar[int]
+    entries: _containers.RepeatedScalarFieldContainer[bytes]
+    def __init__(self, entries: _Optional[_Iterable[bytes]] = ...) -> None: ...
+
+class AuditAck(_message.Message):
+    __slots__ = ("size",)
+    SIZE_FIELD_NUMBER: _ClassVar[int]
+    size: int
+    def __init__(self, size: _Optional[int] = ...) -> None: ...
+
+class AuditQuery(_message.Message):
+    __slots__ = ("tenant", "kind", "outcome", "task", "actor", "object", "rule", "node", "since", "until", "limit", "after_seq", "follow", "explain")
+    TENANT_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    OUTCOME_FIELD_NUMBER: _ClassVar[int]
+    TASK_FIELD_NUMBER: _ClassVar[int]
+    ACTOR_FIELD_NUMBER: _ClassVar[int]
+    OBJECT_FIELD_NUMBER: _ClassVar[int]
+    RULE_FIELD_NUMBER: _ClassVar[int]
+    NODE_FIELD_NUMBER: _ClassVar[int]
+    SINCE_FIELD_NUMBER: _ClassVar[int]
+    UNTIL_FIELD_NUMBER: _ClassVar[int]
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
+    AFTER_SEQ_FIELD_NUMBER: _ClassVar[int]
+    FOLLOW_FIELD_NUMBER: _ClassVar[int]
+    EXPLAIN_FIELD_NUMBER: _ClassVar[int]
+    tenant: str
+    kind: str
+    outcome: str
+    task: str
+    actor: str
+    object: str
+    rule: str
+    node: str
+    since: str
+    until: str
+    limit: int
+    after_seq: int
+    follow: bool
+    explain: bool
+    def __init__(self, tenant: _Optional[str] = ..., kind: _Optional[str] = ..., outcome: _Optional[str] = ..., task: _Optional[str] = ..., actor: _Optional[str] = ..., object: _Optional[str] = ..., rule: _Optional[str] = ..., node: _Optional[str] = ..., since: _Optional[str] = ..., until: _Optional[str] = ..., limit: _Optional[int] = ..., after_seq: _Optional[int] = ..., follow: _Optional[bool] = ..., explain: _Optional[bool] = ...) -> None: ...
+
+class AuditEntry(_message.Message):
+    __slots__ = ("seq", "data")
+    SEQ_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    seq: int
+    data: bytes
+    def __init__(self, seq: _Optional[int] = ..., data: _Optional[bytes] = ...) -> None: ...
+
+class AuditProveRequest(_message.Message):
+    __slots__ = ("seq",)
+    SEQ_FIELD_NUMBER: _ClassVar[int]
+    seq: int
+    def __init__(self, seq: _Optional[int] = ...) -> None: ...
+
+class AuditProof(_message.Message):
+    __slots__ = ("bundle",)
+    BUNDLE_FIELD_NUMBER: _ClassVar[int]
+    bundle: str
+    def __init__(self, bundle: _Optional[str] = ...) -> None: ...
+
+class AuditCheckpointRequest(_message.Message):
+    __slots__ = ("old_size",)
+    OLD_SIZE_FIELD_NUMBER: _ClassVar[int]
+    old_size: int
+    def __init__(self, old_size: _Optional[int] = ...) -> None: ...
+
+class AuditCheckpointReply(_message.Message):
+    __slots__ = ("checkpoint", "vkey", "consistency")
+    CHECKPOINT_FIELD_NUMBER: _ClassVar[int]
+    VKEY_FIELD_NUMBER: _ClassVar[int]
+    CONSISTENCY_FIELD_NUMBER: _ClassVar[int]
+    checkpoint: str
+    vkey: str
+    consistency: _containers.RepeatedScalarFieldContainer[bytes]
+    def __init__(self, checkpoint: _Optional[str] = ..., vkey: _Optional[str] = ..., consistency: _Optional[_Iterable[bytes]] = ...) -> None: ...

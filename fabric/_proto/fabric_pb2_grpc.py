@@ -69,6 +69,26 @@ class HeadStub:
                 request_serializer=fabric__pb2.Empty.SerializeToString,
                 response_deserializer=fabric__pb2.SignedPolicy.FromString,
                 _registered_method=True)
+        self.AppendAudit = channel.unary_unary(
+                '/fabric.v1.Head/AppendAudit',
+                request_serializer=fabric__pb2.AuditRecords.SerializeToString,
+                response_deserializer=fabric__pb2.AuditAck.FromString,
+                _registered_method=True)
+        self.QueryAudit = channel.unary_stream(
+                '/fabric.v1.Head/QueryAudit',
+                request_serializer=fabric__pb2.AuditQuery.SerializeToString,
+                response_deserializer=fabric__pb2.AuditEntry.FromString,
+                _registered_method=True)
+        self.ProveAudit = channel.unary_unary(
+                '/fabric.v1.Head/ProveAudit',
+                request_serializer=fabric__pb2.AuditProveRequest.SerializeToString,
+                response_deserializer=fabric__pb2.AuditProof.FromString,
+                _registered_method=True)
+        self.AuditCheckpoint = channel.unary_unary(
+                '/fabric.v1.Head/AuditCheckpoint',
+                request_serializer=fabric__pb2.AuditCheckpointRequest.SerializeToString,
+                response_deserializer=fabric__pb2.AuditCheckpointReply.FromString,
+                _registered_method=True)
 
 
 class HeadServicer:
@@ -120,6 +140,33 @@ class HeadServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def AppendAudit(self, request, context):
+        """Nodes: append their journaled entries (idempotent by entry id).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def QueryAudit(self, request, context):
+        """Any identity: entries (a tenant sees only its own; operators and auditors see all),
+        inclusion proofs of entries it may see, and signed checkpoints.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ProveAudit(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def AuditCheckpoint(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_HeadServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -157,6 +204,26 @@ def add_HeadServicer_to_server(servicer, server):
                     servicer.GetPolicy,
                     request_deserializer=fabric__pb2.Empty.FromString,
                     response_serializer=fabric__pb2.SignedPolicy.SerializeToString,
+            ),
+            'AppendAudit': grpc.unary_unary_rpc_method_handler(
+                    servicer.AppendAudit,
+                    request_deserializer=fabric__pb2.AuditRecords.FromString,
+                    response_serializer=fabric__pb2.AuditAck.SerializeToString,
+            ),
+            'QueryAudit': grpc.unary_stream_rpc_method_handler(
+                    servicer.QueryAudit,
+                    request_deserializer=fabric__pb2.AuditQuery.FromString,
+                    response_serializer=fabric__pb2.AuditEntry.SerializeToString,
+            ),
+            'ProveAudit': grpc.unary_unary_rpc_method_handler(
+                    servicer.ProveAudit,
+                    request_deserializer=fabric__pb2.AuditProveRequest.FromString,
+                    response_serializer=fabric__pb2.AuditProof.SerializeToString,
+            ),
+            'AuditCheckpoint': grpc.unary_unary_rpc_method_handler(
+                    servicer.AuditCheckpoint,
+                    request_deserializer=fabric__pb2.AuditCheckpointRequest.FromString,
+                    response_serializer=fabric__pb2.AuditCheckpointReply.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -348,6 +415,114 @@ class Head:
             '/fabric.v1.Head/GetPolicy',
             fabric__pb2.Empty.SerializeToString,
             fabric__pb2.SignedPolicy.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AppendAudit(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fabric.v1.Head/AppendAudit',
+            fabric__pb2.AuditRecords.SerializeToString,
+            fabric__pb2.AuditAck.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def QueryAudit(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/fabric.v1.Head/QueryAudit',
+            fabric__pb2.AuditQuery.SerializeToString,
+            fabric__pb2.AuditEntry.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ProveAudit(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fabric.v1.Head/ProveAudit',
+            fabric__pb2.AuditProveRequest.SerializeToString,
+            fabric__pb2.AuditProof.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AuditCheckpoint(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fabric.v1.Head/AuditCheckpoint',
+            fabric__pb2.AuditCheckpointRequest.SerializeToString,
+            fabric__pb2.AuditCheckpointReply.FromString,
             options,
             channel_credentials,
             insecure,

@@ -1,0 +1,140 @@
+"""The agent's audit journal: decisions are durable here before they are acted on, and stay
+here until the head's sequencer has acknowledged them.
+
+A journal is one append-only file of records (4-byte big-endian length, then an entry's
+canonical bytes) and a small file holding how many records the head has acknowledged.
+Appends are buffered; `sync` writes and fsyncs what is buffered, once for however many
+entries arrived since the last one (group commit). A record torn by a crash is cut off when
+the journal is opened again; everything before it is kept. Forwarding is idempotent (the
+head knows entries by id), so records sent but not yet acknowledged when a crash came are
+simply sent again.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import struct
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+_LENGTH = struct.Struct(">I")
+MAX_RECORD = 1 << 20
+JOURNAL = "audit.journal"
+ACKED = "audit.acked"
+COMPACT_AT = 64 << 20  # bytes: start a new file once everything in it is acknowledged
+
+
+class Journal:
+    def __init__(self, directory: Path) -> None:
+        directory.mkdir(parents=True, exist_ok=True)
+        self.directory = directory
+        self.path = directory / JOURNAL
+        self._records = _recover(self.path)
+        self.acked = min(_read_acked(directory / ACKED), len(self._records))
+        # Records before `base` were compacted away: indexes stay absolute.
+        self.base = 0
+        self._file = open(self.path, "ab", buffering=0)
+        self._buffer: list[bytes] = []
+        self.synced = len(self._records)  # records durable on disk (absolute index)
+
+    @property
+    def size(self) -> int:
+        return self.base + len(self._records)
+
+    @property
+    def dirty(self) -> bool:
+        return bool(self._buffer)
+
+    def append(self, data: bytes) -> int:
+        """Buffer one record; returns its index. Durable once `sync` has returned."""
+        if len(data) > MAX_RECORD:
+            raise ValueError(f"an audit record of {len(data)} bytes is too large")
+        self._buffer.append(data)
+        self._records.append(data)
+        return self.size - 1
+
+    def take(self) -> tuple[list[bytes], int]:
+        """The buffered records and the index durable once they are written; the caller
+        passes them to `write` (which may run on another thread), then `mark_synced`."""
+        chunks, self._buffer = self._buffer, []
+        return chunks, self.size
+
+    def write(self, chunks: list[bytes]) -> None:
+        """Append and fsync `chunks` (one fsync for all). Touches only the file."""
+        if chunks:
+            self._file.write(b"".join(_LENGTH.pack(len(c)) + c for c in chunks))
+            os.fsync(self._file.fileno())
+
+    def mark_synced(self, upto: int) -> None:
+        self.synced = max(self.synced, upto)
+
+    def sync(self) -> None:
+        """Write and fsync every buffered record, here and now."""
+        chunks, upto = self.take()
+        self.write(chunks)
+        self.mark_synced(upto)
+
+    def pending(self, limit: int) -> tuple[int, list[bytes]]:
+        """(first index, records) durable but not acknowledged, at most `limit`."""
+        start = self.acked
+        end = min(self.synced, start + limit)
+        return start, self._records[start - self.base : end - self.base]
+
+    def acknowledge(self, upto: int) -> None:
+        """The head has every record before absolute index `upto`."""
+        if upto <= self.acked:
+            return
+        self.acked = upto
+        _write_acked(self.directory / ACKED, upto - self.base)
+        if self.acked == self.size and self._file.tell() >= COMPACT_AT:
+            self._compact()
+
+    def _compact(self) -> None:
+        self._file.close()
+        os.replace(self.path, self.path.with_suffix(".old"))
+        self._file = open(self.path, "ab", buffering=0)
+        _write_acked(self.directory / ACKED, 0)
+        self.path.with_suffix(".old").unlink()
+        self.base += len(self._records)
+        self._records = []
+
+    def close(self) -> None:
+        self.sync()
+        self._file.close()
+
+
+def _recover(path: Path) -> list[bytes]:
+    records: list[bytes] = []
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return records
+    offset = 0
+    while offset + _LENGTH.size <= len(data):
+        (length,) = _LENGTH.unpack_from(data, offset)
+        end = offset + _LENGTH.size + length
+        if length > MAX_RECORD or end > len(data):
+            break
+        records.append(data[offset + _LENGTH.size : end])
+        offset = end
+    if offset != len(data):
+        log.warning("audit journal %s: cutting a torn record at byte %d", path, offset)
+        with open(path, "r+b") as f:
+            f.truncate(offset)
+            os.fsync(f.fileno())
+    return records
+
+
+def _read_acked(path: Path) -> int:
+    try:
+        return int(path.read_text().strip() or 0)
+    except (FileNotFoundError, ValueError):
+        return 0
+
+
+def _write_acked(path: Path, count: int) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(str(count))
+    os.replace(tmp, path)
