@@ -31,6 +31,9 @@ from typing import Any
 # the repository root on PYTHONPATH.
 from benchmarks import workloads
 
+# Fabric as a tenant gets it out of the box, Fabric under a two-tenant policy, Fabric with
+# its audit log off (a baseline only), and Ray.
+VARIANTS = ("fabric", "fabric-policy", "fabric-noaudit", "ray")
 # Both systems get the same two CPUs, so scheduling parallelism is equal.
 NUM_CPUS = 2
 
@@ -70,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description="Run the benchmark workloads on one system and print JSON lines."
     )
-    parser.add_argument("--system", choices=("fabric", "fabric-policy", "ray"), required=True)
+    parser.add_argument("--system", choices=VARIANTS, required=True)
     parser.add_argument("--only", default=None, help="comma-separated benchmark names")
     parser.add_argument("--quick", action="store_true", help="small counts, for smoke tests")
     args = parser.parse_args(argv)
@@ -97,11 +100,13 @@ def main(argv: list[str] | None = None) -> int:
         "quick": args.quick,
         "python": platform.python_version(),
     }
-    module = "fabric" if args.system == "fabric-policy" else args.system
+    module = "ray" if args.system == "ray" else "fabric"
     governed = None
     try:
         if args.system == "fabric-policy":
             governed = _governed_cluster()
+        elif args.system == "fabric-noaudit":
+            governed = _unaudited_cluster()
         # importlib rather than ``import fabric as ray`` / ``import ray``: the
         # module is chosen at run time and only that one must be importable.
         system = importlib.import_module(module)
@@ -121,6 +126,19 @@ def main(argv: list[str] | None = None) -> int:
     done.update(figures=figures, errors=errors)
     _emit(done)
     return 1 if errors else 0
+
+
+def _unaudited_cluster() -> Any:
+    """The embedded default's cluster (one node, two CPUs, tenant default), with agents
+    that record no decisions: the baseline for what the audit log costs."""
+    from fabric._cluster import LocalCluster, NodeSpec
+
+    cluster = LocalCluster([NodeSpec("node-1", "local", {"CPU": float(NUM_CPUS)})], audit=False)
+    cluster.start()
+    os.environ["FABRIC_ADDRESS"] = cluster.agent_addresses["node-1"]
+    os.environ["FABRIC_CERTS"] = str(cluster.certs_dir)
+    os.environ["FABRIC_IDENTITY"] = "tenant/default"
+    return cluster
 
 
 POLICY = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")

@@ -32,6 +32,7 @@ COMMAND_MODULES: list[str] = [
     "fabric.cli._certs",
     "fabric.cli._demo",
     "fabric.cli._policy",
+    "fabric.cli._audit",
 ]
 
 

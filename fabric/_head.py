@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import hashlib
 import logging
 import os
 from collections.abc import AsyncIterator
@@ -16,6 +17,8 @@ from pathlib import Path
 
 import grpc
 
+from fabric._audit_service import ALLOWED_KINDS as AUDIT_KINDS
+from fabric._audit_service import HeadAudit
 from fabric._launch import (
     add_credential_args,
     fail,
@@ -47,6 +50,7 @@ ALLOWED_KINDS = {
     "/fabric.v1.Head/Status": frozenset({"node", "tenant", "operator"}),
     "/fabric.v1.Head/ApplyPolicy": frozenset({"operator"}),
     "/fabric.v1.Head/GetPolicy": frozenset({"node", "tenant", "operator"}),
+    **AUDIT_KINDS,
 }
 
 BROADCAST_INTERVAL = 0.05
@@ -148,6 +152,7 @@ class HeadService(rpc.HeadServicer):
         self.state_dir = state_dir
         self.policy = policy
         self.signed = sign_policy(policy, creds)
+        self.audit = HeadAudit.open(state_dir, origin=f"{creds.identity.trust_domain}/audit")
 
     def _claim_problem(self, policy: Policy, node_id: str, region: str) -> str | None:
         allowed = policy.claimable_regions(f"node/{node_id}")
@@ -168,6 +173,15 @@ class HeadService(rpc.HeadServicer):
         if not first.HasField("register"):
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "the first report must register")
         problem = self._claim_problem(self.policy, node_id, first.register.region)
+        await self.audit.record(
+            "node.join",
+            outcome="refuse" if problem else "admit",
+            rules=("node.region-claim",),
+            reasons=(problem or f"{node_id} may claim region {first.register.region!r}",),
+            identity=identity.uri,
+            inputs=_digest(first.register.SerializeToString(deterministic=True)),
+            policy=self.policy.version,
+        )
         if problem is not None:
             log.warning("refusing node %s: %s", node_id, problem)
             await context.abort(grpc.StatusCode.PERMISSION_DENIED, problem)
@@ -204,6 +218,14 @@ class HeadService(rpc.HeadServicer):
                 await asyncio.sleep(BROADCAST_INTERVAL)
         finally:
             reader.cancel()
+            self.audit.record_nowait(
+                "node.loss",
+                outcome="lost",
+                rules=("node.stream-closed",),
+                reasons=(f"the stream of node {node_id} to the head closed",),
+                identity=identity.uri,
+                policy=self.policy.version,
+            )
             self.directory.leave(node_id)
             log.info("node %s left", node_id)
             self.changed.set()
@@ -233,6 +255,28 @@ class HeadService(rpc.HeadServicer):
             await context.abort(grpc.StatusCode.NOT_FOUND, f"no actor named {request.name!r}")
         return pb.ActorRecord(info=info)
 
+    async def AppendAudit(
+        self, request: pb.AuditRecords, context: grpc.aio.ServicerContext
+    ) -> pb.AuditAck:
+        identity = await self.auth.identity_async(context)
+        return await self.audit.AppendAudit(request, context, identity)
+
+    async def QueryAudit(self, request: pb.AuditQuery, context: grpc.aio.ServicerContext) -> None:
+        identity = await self.auth.identity_async(context)
+        await self.audit.QueryAudit(request, context, identity, self.policy)
+
+    async def ProveAudit(
+        self, request: pb.AuditProveRequest, context: grpc.aio.ServicerContext
+    ) -> pb.AuditProof:
+        identity = await self.auth.identity_async(context)
+        return await self.audit.ProveAudit(request, context, identity, self.policy)
+
+    async def AuditCheckpoint(
+        self, request: pb.AuditCheckpointRequest, context: grpc.aio.ServicerContext
+    ) -> pb.AuditCheckpointReply:
+        identity = await self.auth.identity_async(context)
+        return await self.audit.AuditCheckpoint(request, context, identity)
+
     async def Status(self, request: pb.Empty, context: grpc.aio.ServicerContext) -> pb.ClusterInfo:
         identity = await self.auth.identity_async(context)
         view = self.directory.view()
@@ -252,13 +296,27 @@ class HeadService(rpc.HeadServicer):
                 grpc.StatusCode.PERMISSION_DENIED,
                 f"{who} is not an operator under policy {self.policy.version}",
             )
+        inputs = _digest(request.text.encode())
+
+        async def refuse(code: grpc.StatusCode, rule: str, details: str) -> pb.SignedPolicy:
+            await self.audit.record(
+                "policy.apply",
+                outcome="refuse",
+                rules=(rule,),
+                reasons=tuple(details.splitlines()[:20]),
+                identity=identity.uri,
+                inputs=inputs,
+                policy=self.policy.version,
+            )
+            context.set_code(code)
+            context.set_details(details)
+            return pb.SignedPolicy()
+
         try:
             policy = load_policy_text(request.text, request.filename or "<policy>")
         except PolicyError as e:
             log.warning("refused a policy from %s:\n%s", who, e.diagnostics())
-            context.set_code(grpc.StatusCode.INVALID_ARGUMENT)
-            context.set_details(e.diagnostics())
-            return pb.SignedPolicy()
+            return await refuse(grpc.StatusCode.INVALID_ARGUMENT, "policy.invalid", e.diagnostics())
         # Never half-applied: a policy that disowns a live node's region is refused whole.
         problems = [
             problem
@@ -266,10 +324,21 @@ class HeadService(rpc.HeadServicer):
             if (problem := self._claim_problem(policy, node.node_id, node.region)) is not None
         ]
         if problems:
-            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, "\n".join(problems))
+            return await refuse(
+                grpc.StatusCode.FAILED_PRECONDITION, "policy.disowns-node", "\n".join(problems)
+            )
         signed = sign_policy(policy, self.creds)
         if request.dry_run:
             return signed
+        await self.audit.record(
+            "policy.apply",
+            outcome="apply",
+            rules=("policy.valid",),
+            reasons=(f"version {policy.version} applied by {who}",),
+            identity=identity.uri,
+            inputs=inputs,
+            policy=policy.version,
+        )
         self.policy, self.signed = policy, signed
         if self.state_dir is not None:
             save_policy(self.state_dir, request.text)
@@ -292,6 +361,10 @@ class HeadService(rpc.HeadServicer):
         for key in ("nodes", "roles"):
             document.pop(key, None)
         return pb.SignedPolicy(version=self.policy.version, document=canonical_json(document))
+
+
+def _digest(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
 
 
 POLICY_FILE = "policy.yaml"
@@ -319,12 +392,14 @@ async def serve(args: argparse.Namespace) -> None:
     if args.policy is not None and args.state_dir is not None:
         save_policy(args.state_dir, args.policy.read_text())
     server, auth, address = secure_server(args.listen, creds, ALLOWED_KINDS)
-    rpc.add_HeadServicer_to_server(HeadService(auth, creds, policy, args.state_dir), server)
+    service = HeadService(auth, creds, policy, args.state_dir)
+    rpc.add_HeadServicer_to_server(service, server)
     await server.start()
     write_ready_file(args.ready_file, address=address, node_id=creds.identity.name)
     log.info("head serving on %s under policy %s", address, policy.version)
     await until_terminated()
     await server.stop(grace=0.5)
+    service.audit.close()
 
 
 def main(argv: list[str] | None = None) -> None:

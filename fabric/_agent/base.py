@@ -52,7 +52,9 @@ POLICY_VERSIONS_KEPT = 16  # work admitted under an older policy keeps deciding 
 
 
 class Peers(Protocol):
-    def send(self, node_id: str, message: pb.PeerMessage) -> None: ...
+    def send(self, node_id: str, message: pb.PeerMessage, needs: int = 0) -> None:
+        """Queue `message`; with `needs`, it leaves once that many audit records are
+        durable (it acts on the decision recorded there)."""
 
     async def fetch(self, node_id: str, tenant: str, object_id: bytes) -> pb.ObjectLocation: ...
 
@@ -192,6 +194,7 @@ class AgentBase:
         if self.recorder is None:
             return ""
         if spec is None:
+            # Its answer leaves behind the audit gate (an answer acts on what it says).
             return self.recorder.record(
                 decision, kind=kind, tenant=tenant, objects=[o.hex() for o in objects]
             )

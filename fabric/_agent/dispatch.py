@@ -155,6 +155,8 @@ class Dispatch(ObjectTable):
             request, self._node_views(), self._policy_of(spec), self.view_version
         )
         task.audit_id = self._record(decision, spec, parent=task.audit_id) or task.audit_id
+        if self.recorder is not None:
+            task.audit_needed = self.recorder.needed
         if decision.node_id == self.node_id and not (
             decision.outcome is Outcome.QUEUE and spec.kind == pb.ACTOR_CREATION
         ):
@@ -216,7 +218,7 @@ class Dispatch(ObjectTable):
             session = self.sessions.get(task.origin_session)
             if session is not None and spec.actor_id in session.owned_actors:
                 session.owned_actors[spec.actor_id] = node_id
-        self.peers.send(node_id, pb.PeerMessage(forward=forward))
+        self.peers.send(node_id, pb.PeerMessage(forward=forward), needs=task.audit_needed)
 
     def _prepare_args(self, task: TaskEntry, on_ready: Callable[[], None]) -> None:
         """Count the task's arguments not yet on this node and start pulling them."""
@@ -468,7 +470,7 @@ class Dispatch(ObjectTable):
         if spec.kind != pb.ACTOR_TASK and digest not in worker.seen_digests:
             execute.spec.function_blob = self.functions.get((spec.tenant, digest), b"")
             worker.seen_digests.add(digest)
-        worker.send(pb.ToWorker(execute=execute))
+        worker.send(pb.ToWorker(execute=execute), needs=task.audit_needed)
 
     def _spawn_pool_worker(self, tenant: str) -> None:
         self.starting[tenant] = self.starting.get(tenant, 0) + 1

@@ -1,10 +1,11 @@
 """Decide, record, act: outgoing actions wait until the decisions they follow from are durable.
 
-Every message an agent sends to act on a decision (to a worker, a peer or a client) leaves
-through a batcher; a batcher hands its flush to `DurableGate.after_durable`, which runs it at
-once when the journal holds nothing unsynced, and otherwise after the next group commit.
-The fsync runs on a thread of its own, so the event loop keeps deciding meanwhile, and one
-fsync covers every decision taken since the last.
+Messages that act on a decision (a task sent to a worker or forwarded to a peer, a refusal
+answered, an object sent to another node) are marked when they are queued with the journal's
+size at that moment (`mark`): every decision taken before them. Their channel's next flush
+waits until the journal is durable up to that mark (`release_after`); flushes that carry
+only results go at once. The fsync runs on a thread of its own, so the event loop keeps
+deciding meanwhile, and one fsync covers every decision taken since the last (group commit).
 """
 
 from __future__ import annotations
@@ -15,6 +16,9 @@ import concurrent.futures
 from collections.abc import Callable
 
 from fabric._agent.journal import Journal
+from fabric._proto import fabric_pb2 as pb
+
+LAZY_COMMIT = 0.02  # seconds
 
 
 class DurableGate:
@@ -28,10 +32,12 @@ class DurableGate:
         self.on_synced: Callable[[], None] = lambda: None
 
     def soon(self) -> None:
-        """A record was appended: make it durable soon even if no action waits for it."""
+        """A record was appended: make it durable soon even if no action waits for it (an
+        action that waits commits at once; records nobody waits on are committed together
+        every `LAZY_COMMIT` seconds)."""
         if not self._soon:
             self._soon = True
-            self._loop.call_soon(self._commit_soon)
+            self._loop.call_later(LAZY_COMMIT, self._commit_soon)
 
     def _commit_soon(self) -> None:
         self._soon = False
@@ -40,7 +46,10 @@ class DurableGate:
 
     def after_durable(self, action: Callable[[], None]) -> None:
         """Run `action` once every record appended so far is durable (at once if it is)."""
-        needed = self.journal.size
+        self.after(self.journal.size, action)
+
+    def after(self, needed: int, action: Callable[[], None]) -> None:
+        """Run `action` once the first `needed` records are durable (at once if they are)."""
         if needed <= self.journal.synced and not self._waiting:
             action()
             return
@@ -80,9 +89,41 @@ def install(gate: DurableGate | None) -> None:
     _gate = gate
 
 
-def release(action: Callable[[], None]) -> None:
-    """Run `action` (a flush of messages that act on decisions) once they are durable."""
-    if _gate is None:
+def answer_acts(message: pb.ServerMessage) -> bool:
+    """Answers and failures may carry a refusal; plain results never act on a decision."""
+    return message.HasField("reply") or (
+        message.HasField("ready") and message.ready.HasField("error")
+    )
+
+
+def to_worker_acts(message: pb.ToWorker) -> bool:
+    """An answer to a worker may carry a refusal (dispatches name their record instead)."""
+    return message.HasField("server") and answer_acts(message.server)
+
+
+def mark() -> int:
+    """The number of records a message queued now must wait for."""
+    return _gate.journal.size if _gate is not None else 0
+
+
+def release_after(needed: int, action: Callable[[], None]) -> None:
+    """Run `action` once the first `needed` records are durable (at once if they are)."""
+    if _gate is None or needed <= _gate.journal.synced:
         action()
     else:
-        _gate.after_durable(action)
+        _gate.after(needed, action)
+
+
+async def durable() -> None:
+    """Wait until every record appended so far is durable."""
+    needed = mark()
+    if _gate is None or needed <= _gate.journal.synced:
+        return
+    done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    def wake() -> None:
+        if not done.done():
+            done.set_result(None)
+
+    _gate.after(needed, wake)
+    await done

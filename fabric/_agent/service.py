@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator, Callable
 import grpc
 
 from fabric._agent.batching import Batcher
+from fabric._agent.durability import durable
 from fabric._agent.journal import Journal
 from fabric._agent.node import NodeAgent
 from fabric._agent.sessions import REAUTH_INTERVAL, DriverSession
@@ -35,6 +36,13 @@ ALLOWED_KINDS = {
     "/fabric.v1.Agent/Peer": frozenset({"node"}),
     "/fabric.v1.Agent/FetchObject": frozenset({"node"}),
 }
+
+
+def _acts_on_decision(message: pb.PeerMessage) -> bool:
+    """Failures may carry a refusal (a forwarded task names its placement's record)."""
+    if message.WhichOneof("body") == "finished":
+        return any(loc.HasField("error") for loc in message.finished.returns)
+    return False
 
 
 class AgentService(rpc.AgentServicer):
@@ -105,6 +113,7 @@ class AgentService(rpc.AgentServicer):
     ) -> AsyncIterator[pb.ObjectChunk]:
         identity = await self.auth.identity_async(context)
         location = await self.node.serve_fetch(request.tenant, request.object_id, identity.name)
+        await durable()  # the transfer decision is recorded before a byte leaves
         which = location.WhichOneof("value")
         if which == "error":
             yield pb.ObjectChunk(error=location.error)
@@ -146,7 +155,7 @@ class PeerLinks:
             self._channels[node_id] = channel
         return channel
 
-    def send(self, node_id: str, message: pb.PeerMessage) -> None:
+    def send(self, node_id: str, message: pb.PeerMessage, needs: int = 0) -> None:
         link = self._links.get(node_id)
         if link is None:
             try:
@@ -155,7 +164,9 @@ class PeerLinks:
                 log.error("dropping a message for node %s: %s", node_id, e)
                 return
             queue: asyncio.Queue[pb.PeerBatch] = asyncio.Queue()
-            batcher = Batcher(lambda ms: pb.PeerBatch(messages=ms), queue.put_nowait)
+            batcher = Batcher(
+                lambda ms: pb.PeerBatch(messages=ms), queue.put_nowait, _acts_on_decision
+            )
 
             async def outbound() -> AsyncIterator[pb.PeerBatch]:
                 while True:
@@ -173,7 +184,7 @@ class PeerLinks:
             link = (channel, batcher)
             self._links[node_id] = link
             asyncio.get_running_loop().create_task(run())
-        link[1].send(message)
+        link[1].send(message, needs)
 
     async def fetch(self, node_id: str, tenant: str, object_id: bytes) -> pb.ObjectLocation:
         """Pull an object from `node_id` into this node (inline if small, else the store)."""

@@ -6,6 +6,7 @@ import logging
 from collections.abc import Callable
 
 from fabric._agent.batching import Batcher
+from fabric._agent.durability import answer_acts
 from fabric._agent.node import NodeAgent
 from fabric._agent.state import Session
 from fabric._pki import Identity
@@ -25,7 +26,7 @@ class DriverSession:
     ) -> None:
         self.node = node
         self.identity = identity
-        self.batcher = Batcher(lambda ms: pb.ServerBatch(messages=ms), send_batch)
+        self.batcher = Batcher(lambda ms: pb.ServerBatch(messages=ms), send_batch, answer_acts)
         self.session: Session | None = None
 
     def receive(self, batch: pb.ClientBatch) -> bool:

@@ -71,6 +71,7 @@ class TaskEntry:
     residency: Regions = None
     admitted: bool = False  # counted against its tenant's quotas on this node
     audit_id: str = ""  # the latest audit entry of this task here: the next one's parent
+    audit_needed: int = 0  # journal records durable before acting on its placement
 
     def __post_init__(self) -> None:
         # Crashes this task may survive: its own retries, or its actor's for a call.

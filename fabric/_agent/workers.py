@@ -18,7 +18,7 @@ import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
-from fabric._agent.durability import release
+from fabric._agent.durability import mark, release_after, to_worker_acts
 from fabric._proto import fabric_pb2 as pb
 
 log = logging.getLogger(__name__)
@@ -62,18 +62,27 @@ class Worker:
         self.lent = False  # its CPUs are lent back while it blocks in get
         self.reclaiming = False  # asked to hand back queued tasks, answer pending
         self._outbox: list[bytes] = []
+        self._needed = 0  # audit records the queued messages wait for (see durability.py)
 
     @property
     def pid(self) -> int:
         return self.process.pid
 
-    def send(self, message: pb.ToWorker) -> None:
-        """Queue `message`; everything queued in one loop turn leaves in one write."""
+    def send(self, message: pb.ToWorker, needs: int = 0) -> None:
+        """Queue `message`; everything queued in one loop turn leaves in one write, once the
+        first `needs` audit records are durable (the decision it acts on is among them)."""
         data = message.SerializeToString()
+        if to_worker_acts(message):
+            needs = mark()  # an answer that may carry a refusal: after every record so far
+        if needs > self._needed:
+            self._needed = needs
         if not self._outbox:
-            asyncio.get_running_loop().call_soon(release, self._flush)
+            asyncio.get_running_loop().call_soon(self._flush_when_durable)
         self._outbox.append(_LEN.pack(len(data)))
         self._outbox.append(data)
+
+    def _flush_when_durable(self) -> None:
+        release_after(self._needed, self._flush)
 
     def _flush(self) -> None:
         outbox, self._outbox = self._outbox, []
