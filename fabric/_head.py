@@ -393,6 +393,9 @@ async def serve(args: argparse.Namespace) -> None:
         save_policy(args.state_dir, args.policy.read_text())
     server, auth, address = secure_server(args.listen, creds, ALLOWED_KINDS)
     service = HeadService(auth, creds, policy, args.state_dir)
+    auth.on_refusal = lambda reason: service.audit.record_nowait(
+        "cert.refuse", outcome="refuse", rules=("tls.peer",), reasons=(reason,)
+    )
     rpc.add_HeadServicer_to_server(service, server)
     await server.start()
     write_ready_file(args.ready_file, address=address, node_id=creds.identity.name)

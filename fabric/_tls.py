@@ -346,14 +346,30 @@ class PeerAuthenticator:
         self._cache_size = max(1, cache_size)
         self._cache_lock = threading.Lock()
         self._now = now
+        # Told of every refusal (its reason), so that the server can record it.
+        self.on_refusal: Callable[[str], object] | None = None
 
     @property
     def trust_domain(self) -> str:
         return self._trust_domain
 
+    def refused(self, reason: str) -> None:
+        if self.on_refusal is not None:
+            try:
+                self.on_refusal(reason)
+            except Exception:
+                _log.exception("recording a refusal failed")
+
     def authenticate(self, auth_context: Mapping[str, Any]) -> Identity:
         """Check a gRPC auth context (``context.auth_context()``); raise
         :class:`PeerAuthenticationError` if the peer must be refused."""
+        try:
+            return self._authenticate(auth_context)
+        except PeerAuthenticationError as e:
+            self.refused(e.message)
+            raise
+
+    def _authenticate(self, auth_context: Mapping[str, Any]) -> Identity:
         unauthenticated = grpc.StatusCode.UNAUTHENTICATED
         # (1) RFC 8446 §4.4.2: with mutual TLS the client's certificate is what the
         #     handshake proved possession of; gRPC exposes the verified leaf here.
@@ -616,6 +632,7 @@ class _AioAuthInterceptor(grpc.aio.ServerInterceptor):
             if identity.kind not in allowed:
                 message = _denied(identity, method)
                 _log.warning("denied %s", message)
+                auth.refused(message)
                 await context.abort(grpc.StatusCode.PERMISSION_DENIED, message)
 
         def guard_sync(context: Any) -> None:
@@ -625,6 +642,7 @@ class _AioAuthInterceptor(grpc.aio.ServerInterceptor):
             if identity.kind not in allowed:
                 message = _denied(identity, method)
                 _log.warning("denied %s", message)
+                auth.refused(message)
                 context.abort(grpc.StatusCode.PERMISSION_DENIED, message)
 
         return _wrap_aio(handler, guard_async, guard_sync)

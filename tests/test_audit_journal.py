@@ -95,3 +95,19 @@ def test_only_synced_records_are_forwarded_and_actions_wait_for_them(tmp_path: P
         return done
 
     assert asyncio.run(scenario()) == ["acted", "nothing new to wait for"]
+
+
+@settings(max_examples=300)
+@given(
+    tenant=text,
+    reasons=st.lists(text, max_size=3).map(tuple),
+    rules=st.lists(text, max_size=3).map(tuple),
+    objects=st.lists(hexes.filter(bool), max_size=3).map(tuple),
+    seq=st.integers(min_value=-1, max_value=2**63 - 1),
+    parent=text,
+)
+def test_the_sequencers_encoding_is_the_json_encoders(**fields: object) -> None:
+    from fabric.audit._entry import _encode_generic
+
+    entry = Entry(id="n/b/1", time=now(), kind="place", **fields)  # type: ignore[arg-type]
+    assert encode(entry) == _encode_generic(entry)

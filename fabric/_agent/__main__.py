@@ -137,6 +137,10 @@ async def serve(args: argparse.Namespace) -> None:
         node.recorder.on_append = gate.soon
         head.journal = journal
         gate.on_synced = head.audit_ready.set
+        recorder = node.recorder
+        auth.on_refusal = lambda reason: recorder.event(
+            kind="cert.refuse", tenant="", outcome="refuse", rules=("tls.peer",), reasons=(reason,)
+        )
         log.info("decisions are journaled in %s before they are acted on", journal_dir)
     else:
         log.warning("decisions are NOT recorded (--no-audit)")
