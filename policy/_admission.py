@@ -115,7 +115,7 @@ def decide_admission(
         rule, reason = refused
         return Decision(Outcome.REFUSE, None, (rule,), (reason,), digest, policy.version)
     return Decision(
-        Outcome.PLACE, None, (RULE_ADMIT,), ("within the tenant's quotas",), digest, policy.version
+        Outcome.ADMIT, None, (RULE_ADMIT,), ("within the tenant's quotas",), digest, policy.version
     )
 
 

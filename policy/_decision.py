@@ -48,6 +48,8 @@ class Outcome(enum.Enum):
     PLACE = "place"  # run on `Decision.node_id` now
     QUEUE = "queue"  # satisfiable, no capacity now: wait (on `node_id` when it is set)
     REFUSE = "refuse"  # can never be satisfied: fail the request
+    ADMIT = "admit"  # admission: within the tenant's quotas
+    ALLOW = "allow"  # an object may go there (another node, a driver, this node's store)
 
 
 @dataclass(frozen=True)

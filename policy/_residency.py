@@ -55,14 +55,14 @@ def decide_transfer(
     ).hexdigest()
 
     def decide(outcome: Outcome, rule: str, reason: str) -> Decision:
-        node = target if outcome is Outcome.PLACE else None
+        node = target if outcome is Outcome.ALLOW else None
         return Decision(outcome, node, (rule,), (reason,), digest, policy.version)
 
     where = describe_regions(residency)
     inside = residency is None or target_region in residency
     if destination is Destination.NODE:
         if inside:
-            return decide(Outcome.PLACE, RULE_TRANSFER_INSIDE, f"{target_region} is in {where}")
+            return decide(Outcome.ALLOW, RULE_TRANSFER_INSIDE, f"{target_region} is in {where}")
         return decide(
             Outcome.REFUSE,
             RULE_TRANSFER_OUTSIDE,
@@ -71,7 +71,7 @@ def decide_transfer(
         )
     if destination is Destination.STORE:
         if inside:
-            return decide(Outcome.PLACE, RULE_STORE_INSIDE, f"{target_region} is in {where}")
+            return decide(Outcome.ALLOW, RULE_STORE_INSIDE, f"{target_region} is in {where}")
         return decide(
             Outcome.REFUSE,
             RULE_STORE_OUTSIDE,
@@ -79,11 +79,11 @@ def decide_transfer(
             f"may live only in {where}",
         )
     if inside:
-        return decide(Outcome.PLACE, RULE_DRIVER_INSIDE, f"{target_region} is in {where}")
+        return decide(Outcome.ALLOW, RULE_DRIVER_INSIDE, f"{target_region} is in {where}")
     owner = policy.tenant(tenant)
     if owner is not None and target_region in owner.export_regions:
         return decide(
-            Outcome.PLACE,
+            Outcome.ALLOW,
             RULE_DRIVER_EXPORT,
             f"the policy lets tenant {tenant!r} export data to {target_region}",
         )

@@ -91,7 +91,7 @@ def test_a_nested_task_has_one_provenance_chain(audited: LocalCluster) -> None:
     assert (place.parent, finish.parent) == (admit.id, place.id)
     assert (admit.tenant, admit.outcome, place.outcome, finish.outcome) == (
         "alice",
-        "place",
+        "admit",
         "place",
         "ok",
     )

@@ -1143,7 +1143,7 @@ def transfer(
 def test_transfers_inside_the_residency_are_allowed(destination: Destination, rule: str) -> None:
     decision = transfer(destination, "eu-west")
     assert decision == Decision(
-        Outcome.PLACE,
+        Outcome.ALLOW,
         "n-target",
         (rule,),
         ("eu-west is in eu-central, eu-west",),
@@ -1188,7 +1188,7 @@ def test_a_driver_outside_the_residency_may_not_read_the_object() -> None:
 def test_export_regions_let_drivers_there_read_the_tenants_data() -> None:
     decision = transfer(Destination.DRIVER, "us-east", tenant="carol")
     assert (decision.outcome, decision.node_id, decision.rule_ids, decision.reasons) == (
-        Outcome.PLACE,
+        Outcome.ALLOW,
         "n-target",
         ("residency.driver-export",),
         ("the policy lets tenant 'carol' export data to us-east",),
@@ -1217,7 +1217,7 @@ def test_export_is_per_tenant() -> None:
 @pytest.mark.parametrize("destination", list(Destination))
 def test_unrestricted_residency_goes_anywhere(destination: Destination) -> None:
     decision = transfer(destination, "us-east", residency=None)
-    assert decision.outcome is Outcome.PLACE
+    assert decision.outcome is Outcome.ALLOW
     assert decision.reasons == ("us-east is in anywhere",)
 
 
@@ -1286,7 +1286,7 @@ def test_within_quotas_is_admitted() -> None:
         object_bytes=1000,
     )
     assert decision == Decision(
-        Outcome.PLACE,
+        Outcome.ADMIT,
         None,
         ("admit.within-quotas",),
         ("within the tenant's quotas",),
@@ -1363,13 +1363,13 @@ def test_each_quota_refuses_what_would_exceed_it(
     ],
 )
 def test_each_quota_admits_up_to_its_limit(usage: Usage, ask: dict[str, Any]) -> None:
-    assert decide_admission(LIMITED, "alice", usage, **ask).outcome is Outcome.PLACE
+    assert decide_admission(LIMITED, "alice", usage, **ask).outcome is Outcome.ADMIT
 
 
 def test_asking_for_nothing_more_is_admitted_even_over_quota() -> None:
     """A quota lowered under what is held refuses more, not what is already running."""
     over = Usage(tasks=9, actors=9, cpus=9, gpus=9, memory=9999, object_store=99999)
-    assert decide_admission(LIMITED, "alice", over).outcome is Outcome.PLACE
+    assert decide_admission(LIMITED, "alice", over).outcome is Outcome.ADMIT
     assert decide_admission(LIMITED, "alice", over, tasks=1).rule_ids == ("quota.tasks",)
 
 
@@ -1393,7 +1393,7 @@ def test_resource_quotas_cap_what_running_work_holds() -> None:
     """Admission refuses only a request larger than the quota; the scheduler asks
     `quota_allows` before it starts work, so queued work waits for room."""
     assert decide_admission(LIMITED, "alice", Usage(cpus=4), resources={"CPU": 4.0}).outcome is (
-        Outcome.PLACE
+        Outcome.ADMIT
     )
     assert quota_allows(LIMITED, "alice", {"CPU": 3.0}, (("CPU", 1.0),))
     assert not quota_allows(LIMITED, "alice", {"CPU": 3.5}, (("CPU", 1.0),))
@@ -1423,7 +1423,7 @@ def test_a_zero_quota_refuses_everything_of_its_kind() -> None:
         "quota.gpus",
     )
     assert decide_admission(policy, "bob", Usage(), resources={"CPU": 64}).outcome is (
-        Outcome.PLACE
+        Outcome.ADMIT
     )
 
 
@@ -1439,7 +1439,7 @@ def test_an_unknown_tenant_is_not_admitted() -> None:
 
 def test_the_open_policy_admits_any_tenant_without_quota() -> None:
     decision = decide_admission(OPEN_POLICY, "zoe", Usage(), tasks=10**6)
-    assert (decision.outcome, decision.policy_version) == (Outcome.PLACE, "default")
+    assert (decision.outcome, decision.policy_version) == (Outcome.ADMIT, "default")
 
 
 def test_admission_digests_change_with_every_input() -> None:
