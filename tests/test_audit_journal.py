@@ -111,3 +111,15 @@ def test_the_sequencers_encoding_is_the_json_encoders(**fields: object) -> None:
 
     entry = Entry(id="n/b/1", time=now(), kind="place", **fields)  # type: ignore[arg-type]
     assert encode(entry) == _encode_generic(entry)
+
+
+def test_entry_times_are_the_audit_format_and_current() -> None:
+    import datetime as dt
+
+    from fabric.audit import entry_time
+
+    before = entry_time()
+    stamp = now()
+    after = entry_time()
+    assert before <= stamp <= after
+    assert dt.datetime.strptime(stamp, "%Y-%m-%dT%H:%M:%S.%fZ").year >= 2026

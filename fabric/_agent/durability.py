@@ -19,6 +19,9 @@ from fabric._agent.journal import Journal
 from fabric._proto import fabric_pb2 as pb
 
 LAZY_COMMIT = 0.02  # seconds
+# Commits start at most this often: under load a commit then covers more decisions (fewer
+# flushes to the disk), while a lone decision, long after the last commit, goes at once.
+MIN_COMMIT_INTERVAL = 0.001  # seconds
 
 
 class DurableGate:
@@ -29,6 +32,8 @@ class DurableGate:
         self._executor = concurrent.futures.ThreadPoolExecutor(1, "audit-fsync")
         self._loop = asyncio.get_running_loop()
         self._soon = False
+        self._paced = False
+        self._last_commit = 0.0
         self.on_synced: Callable[[], None] = lambda: None
 
     def soon(self) -> None:
@@ -57,12 +62,22 @@ class DurableGate:
         self._kick()
 
     def _kick(self) -> None:
-        if self._syncing:
+        if self._syncing or self._paced:
             return
+        wait = self._last_commit + MIN_COMMIT_INTERVAL - self._loop.time()
+        if wait > 0:
+            self._paced = True
+            self._loop.call_later(wait, self._unpace)
+            return
+        self._last_commit = self._loop.time()
         chunks, upto = self.journal.take()
         self._syncing = True
         future = self._loop.run_in_executor(self._executor, self.journal.write, chunks)
         future.add_done_callback(lambda f: self._synced(f, upto))
+
+    def _unpace(self) -> None:
+        self._paced = False
+        self._kick()
 
     def _synced(self, future: asyncio.Future[None], upto: int) -> None:
         self._syncing = False

@@ -9,10 +9,10 @@ entry strictly before it sequences it.
 
 from __future__ import annotations
 
-import datetime as _dt
 import itertools
 import json
 import secrets
+import time
 from collections.abc import Callable, Iterable
 
 from fabric._agent.journal import Journal
@@ -57,8 +57,20 @@ def canonical_entry(
     ).encode()
 
 
+_second = -1
+_second_text = ""
+
+
 def now() -> str:
-    return _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    """The time as an entry has it ("2026-11-26T03:04:05.123456Z"); the part to the second
+    is formatted once a second."""
+    global _second, _second_text
+    ns = time.time_ns()
+    second, micro = divmod(ns // 1000, 1_000_000)
+    if second != _second:
+        _second = second
+        _second_text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+    return f"{_second_text}.{micro:06d}Z"
 
 
 class Recorder:
