@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
+import pytest
 from fabric.audit import Entry, decode, encode
 from fabric.policy import Decision, Outcome
 from hypothesis import given, settings
@@ -123,3 +124,26 @@ def test_entry_times_are_the_audit_format_and_current() -> None:
     after = entry_time()
     assert before <= stamp <= after
     assert dt.datetime.strptime(stamp, "%Y-%m-%dT%H:%M:%S.%fZ").year >= 2026
+
+
+def test_acknowledged_records_leave_memory_and_compaction_keeps_indexes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import fabric._agent.journal as journal_module
+
+    monkeypatch.setattr(journal_module, "COMPACT_AT", 1 << 30)
+    journal = Journal(tmp_path)
+    for i in range(10):
+        journal.append(f"r{i}".encode())  # 60 bytes with their lengths
+    journal.sync()
+    journal.acknowledge(4)
+    assert journal.pending(100) == (4, [f"r{i}".encode() for i in range(4, 10)])
+    monkeypatch.setattr(journal_module, "COMPACT_AT", 50)
+    journal.acknowledge(10)  # all acknowledged, file over the limit: a new file
+    assert journal.pending(100) == (10, [])
+    journal.append(b"r10")
+    journal.sync()
+    assert journal.pending(100) == (10, [b"r10"])
+    journal.close()
+    reopened = Journal(tmp_path)  # indexes restart, only the unacknowledged record is back
+    assert reopened.pending(100) == (0, [b"r10"])

@@ -34,19 +34,23 @@ class Journal:
         directory.mkdir(parents=True, exist_ok=True)
         self.directory = directory
         self.path = directory / JOURNAL
-        self._records = _recover(self.path)
-        self.acked = min(_read_acked(directory / ACKED), len(self._records))
-        # Records before `base` were compacted away: indexes stay absolute.
-        self.base = 0
+        records = _recover(self.path)
+        self._end = sum(_LENGTH.size + len(r) for r in records)  # where the next goes
+        # Indexes are absolute: `file_base` is the index of the file's first record (older
+        # ones were compacted away), `mem_base` that of the first still held in memory
+        # (acknowledged ones are dropped).
+        self.file_base = 0
+        self.acked = min(_read_acked(directory / ACKED), len(records))
+        self.mem_base = self.acked
+        self._records = records[self.acked :]
         self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
-        self._end = sum(_LENGTH.size + len(r) for r in self._records)  # where the next goes
         self._allocated = os.fstat(self._fd).st_size
         self._buffer: list[bytes] = []
-        self.synced = len(self._records)  # records durable on disk (absolute index)
+        self.synced = len(records)  # records durable on disk (absolute index)
 
     @property
     def size(self) -> int:
-        return self.base + len(self._records)
+        return self.mem_base + len(self._records)
 
     @property
     def dirty(self) -> bool:
@@ -94,14 +98,16 @@ class Journal:
         """(first index, records) durable but not acknowledged, at most `limit`."""
         start = self.acked
         end = min(self.synced, start + limit)
-        return start, self._records[start - self.base : end - self.base]
+        return start, self._records[start - self.mem_base : end - self.mem_base]
 
     def acknowledge(self, upto: int) -> None:
         """The head has every record before absolute index `upto`."""
         if upto <= self.acked:
             return
         self.acked = upto
-        _write_acked(self.directory / ACKED, upto - self.base)
+        _write_acked(self.directory / ACKED, upto - self.file_base)
+        del self._records[: upto - self.mem_base]
+        self.mem_base = upto
         if self.acked == self.size == self.synced and self._end >= COMPACT_AT:
             self._compact()
 
@@ -112,8 +118,7 @@ class Journal:
         self._end = self._allocated = 0
         _write_acked(self.directory / ACKED, 0)
         self.path.with_suffix(".old").unlink()
-        self.base += len(self._records)
-        self._records = []
+        self.file_base = self.size  # everything before was acknowledged and is dropped
 
     def close(self) -> None:
         self.sync()
