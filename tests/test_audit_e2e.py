@@ -5,6 +5,8 @@ a kill -9 of the agent and the head in the middle of a load loses no task's entr
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import ssl
 import subprocess
 import threading
 import time
@@ -96,6 +98,10 @@ def test_a_nested_task_has_one_provenance_chain(audited: LocalCluster) -> None:
         "ok",
     )
     assert place.rules[0].startswith("place.") and place.policy == admit.policy != ""
+    # The subject is alice's certificate: its identity and the SHA-256 of its DER bytes.
+    der = ssl.PEM_cert_to_DER_cert(audited.tenant_credentials("alice").cert.read_text())
+    assert admit.identity.endswith("/tenant/alice")
+    assert admit.fingerprint == place.fingerprint == hashlib.sha256(der).hexdigest()
     # The child's admission follows from its parent's placement: one chain, nested.
     children = query(audited.head_address, operator, kind="admit", tenant="alice")
     wait_for(

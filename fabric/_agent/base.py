@@ -187,21 +187,33 @@ class AgentBase:
         tenant: str = "",
         objects: tuple[bytes, ...] = (),
         parent: str = "",
+        session: Session | None = None,
     ) -> str:
-        """Journal `decision` before anything acts on it; returns its audit entry id."""
+        """Journal `decision` before anything acts on it; returns its audit entry id. The
+        subject's certificate is named when the decision is about a driver's request."""
         if self.on_decision is not None:
             self.on_decision(decision, spec)
         if self.recorder is None:
             return ""
+        driver = session is not None and session.worker is None
+        identity = session.identity if driver and session is not None else ""
+        fingerprint = session.fingerprint if driver and session is not None else ""
         if spec is None:
             # Its answer leaves behind the audit gate (an answer acts on what it says).
             return self.recorder.record(
-                decision, kind=kind, tenant=tenant, objects=[o.hex() for o in objects]
+                decision,
+                kind=kind,
+                tenant=tenant,
+                identity=identity,
+                fingerprint=fingerprint,
+                objects=[o.hex() for o in objects],
             )
         return self.recorder.record(
             decision,
             kind=kind,
             tenant=spec.tenant,
+            identity=identity,
+            fingerprint=fingerprint,
             job=spec.job_id.hex(),
             task=spec.task_id.hex(),
             actor=spec.actor_id.hex(),

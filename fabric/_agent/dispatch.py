@@ -154,7 +154,10 @@ class Dispatch(ObjectTable):
         decision = decide_placement(
             request, self._node_views(), self._policy_of(spec), self.view_version
         )
-        task.audit_id = self._record(decision, spec, parent=task.audit_id) or task.audit_id
+        session = self.sessions.get(task.origin_session) if task.origin_session else None
+        task.audit_id = (
+            self._record(decision, spec, parent=task.audit_id, session=session) or task.audit_id
+        )
         if self.recorder is not None:
             task.audit_needed = self.recorder.needed
         if decision.node_id == self.node_id and not (

@@ -9,6 +9,7 @@ every gRPC call (CA, revocation, expiry, kind); only the carrier changes. Frames
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import ssl
 import struct
@@ -62,7 +63,7 @@ async def serve_local(
             if not writer.is_closing():
                 writer.write(FRAME.pack(len(data)) + data)
 
-        session = DriverSession(node, identity, send_batch)
+        session = DriverSession(node, identity, send_batch, hashlib.sha256(der or b"").hexdigest())
 
         async def recheck() -> None:
             while True:

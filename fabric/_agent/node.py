@@ -267,7 +267,9 @@ class NodeAgent(Bundles):
             if self.on_decision is None and self.recorder is None:
                 return None  # admitted; nobody records the decision, so none is made
         decision = decide_admission(policy, session.tenant, usage, **asked)
-        spec.audit_parent = self._record(decision, spec, kind="admit", parent=spec.audit_parent)
+        spec.audit_parent = self._record(
+            decision, spec, kind="admit", parent=spec.audit_parent, session=session
+        )
         if decision.outcome is Outcome.REFUSE:
             return refusal(E.QUOTA_EXCEEDED, decision)
         return None

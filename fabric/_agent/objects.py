@@ -125,7 +125,9 @@ class ObjectTable(AgentBase):
             self.node_id,
             self.region,
         )
-        self._record(decision, kind="store", tenant=session.tenant, objects=(object_id,))
+        self._record(
+            decision, kind="store", tenant=session.tenant, objects=(object_id,), session=session
+        )
         if decision.outcome is Outcome.REFUSE:
             return refusal(E.RESIDENCY_REFUSED, decision)
         return None
@@ -137,7 +139,9 @@ class ObjectTable(AgentBase):
         usage = Usage(object_store=self.store.tenant_bytes(session.tenant))
         decision = decide_admission(self.policy, session.tenant, usage, object_bytes=size)
         if decision.outcome is Outcome.REFUSE:
-            self._record(decision, kind="admit", tenant=session.tenant, objects=(object_id,))
+            self._record(
+                decision, kind="admit", tenant=session.tenant, objects=(object_id,), session=session
+            )
             return refusal(E.QUOTA_EXCEEDED, decision)
         return None
 
@@ -156,7 +160,9 @@ class ObjectTable(AgentBase):
             self.node_id,
             self.region,
         )
-        self._record(decision, kind="deliver", tenant=session.tenant, objects=(object_id,))
+        self._record(
+            decision, kind="deliver", tenant=session.tenant, objects=(object_id,), session=session
+        )
         if decision.outcome is Outcome.REFUSE:
             return refusal(E.RESIDENCY_REFUSED, decision)
         return None

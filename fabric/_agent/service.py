@@ -7,8 +7,11 @@ Who may call what is decided by the mTLS interceptor from the caller's certifica
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
-from collections.abc import AsyncIterator, Callable
+import ssl
+from collections.abc import AsyncIterator, Callable, Mapping
+from typing import Any
 
 import grpc
 
@@ -45,6 +48,15 @@ def _acts_on_decision(message: pb.PeerMessage) -> bool:
     return False
 
 
+def certificate_fingerprint(auth_context: Mapping[str, Any]) -> str:
+    """Hex SHA-256 of the peer's DER certificate, as the audit log records it."""
+    pems = auth_context.get("x509_pem_cert") or []
+    if not pems:
+        return ""
+    pem = pems[0].decode() if isinstance(pems[0], bytes) else pems[0]
+    return hashlib.sha256(ssl.PEM_cert_to_DER_cert(pem)).hexdigest()
+
+
 class AgentService(rpc.AgentServicer):
     def __init__(self, node: NodeAgent, auth: PeerAuthenticator) -> None:
         self.node = node
@@ -55,7 +67,9 @@ class AgentService(rpc.AgentServicer):
     ) -> AsyncIterator[pb.ServerBatch]:
         identity = await self.auth.identity_async(context)
         out: asyncio.Queue[pb.ServerBatch | PeerAuthenticationError | None] = asyncio.Queue()
-        session = DriverSession(self.node, identity, out.put_nowait)
+        session = DriverSession(
+            self.node, identity, out.put_nowait, certificate_fingerprint(context.auth_context())
+        )
 
         async def read() -> None:
             try:

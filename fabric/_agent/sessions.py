@@ -22,10 +22,15 @@ class DriverSession:
     message must be `hello`; the tenant is the certificate's, never a field it sends."""
 
     def __init__(
-        self, node: NodeAgent, identity: Identity, send_batch: Callable[[pb.ServerBatch], None]
+        self,
+        node: NodeAgent,
+        identity: Identity,
+        send_batch: Callable[[pb.ServerBatch], None],
+        fingerprint: str = "",
     ) -> None:
         self.node = node
         self.identity = identity
+        self.fingerprint = fingerprint  # of its certificate: the audit log's subject
         self.batcher = Batcher(lambda ms: pb.ServerBatch(messages=ms), send_batch, answer_acts)
         self.session: Session | None = None
 
@@ -60,6 +65,7 @@ class DriverSession:
                     self.identity.uri,
                     self.batcher.send,
                 )
+                self.session.fingerprint = self.fingerprint
                 welcome = node.welcome(self.session)
                 self.batcher.send(
                     pb.ServerMessage(request_id=message.request_id, reply=pb.Reply(welcome=welcome))

@@ -137,6 +137,7 @@ class Session:
     held: set[bytes] = field(default_factory=set)
     owned_actors: dict[bytes, str] = field(default_factory=dict)  # actor id -> node
     closed: bool = False
+    fingerprint: str = ""  # hex SHA-256 of a driver's certificate
 
     @property
     def is_driver(self) -> bool:
