@@ -461,6 +461,16 @@ def read_header(blob: BlobLike) -> BlobHeader:
     return BlobHeader(kind, flags, payload_offset, payload_len, buffers, total)
 
 
+def peek_kind(blob: BlobLike) -> int | None:
+    """The kind a blob's header names, without validating the rest (None if it has no
+    header): for bookkeeping only, never to decide how to read the blob."""
+    view = _as_bytes_view(blob)
+    if view.nbytes < HEADER_SIZE:
+        return None
+    magic, kind = _HEADER.unpack_from(view, 0)[:2]
+    return kind if magic == MAGIC else None
+
+
 def blob_kind(blob: BlobLike) -> int:
     """The kind of a blob (after validating its header): one of the ``KIND_*`` constants."""
     return read_header(blob).kind

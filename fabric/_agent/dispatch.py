@@ -35,6 +35,7 @@ from fabric._proto import fabric_pb2 as pb
 from fabric._serialization import (
     KIND_ERROR,
     blob_kind,
+    peek_kind,
 )
 from fabric.policy import NodeView, Outcome, PlacementRequest, decide_placement
 from fabric.policy._labels import NO_SELECTOR, parse_selector
@@ -695,7 +696,7 @@ class Dispatch(ObjectTable):
         if self.recorder is not None:
             failed = next((loc.error.message for loc in locations if loc.HasField("error")), "")
             errored = failed or any(
-                loc.inline_blob and blob_kind(loc.inline_blob) == KIND_ERROR for loc in locations
+                loc.inline_blob and peek_kind(loc.inline_blob) == KIND_ERROR for loc in locations
             )
             self.recorder.event(
                 kind="task.finish",

@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import os
 import struct
+import time
 from pathlib import Path
 
 log = logging.getLogger(__name__)
@@ -25,6 +26,7 @@ _LENGTH = struct.Struct(">I")
 MAX_RECORD = 1 << 20
 JOURNAL = "audit.journal"
 ACKED = "audit.acked"
+ACK_SAVE_INTERVAL = 0.5  # seconds
 COMPACT_AT = 64 << 20  # bytes: start a new file once everything in it is acknowledged
 ALLOCATE = 16 << 20  # bytes allocated ahead
 
@@ -47,6 +49,7 @@ class Journal:
         self._allocated = os.fstat(self._fd).st_size
         self._buffer: list[bytes] = []
         self.synced = len(records)  # records durable on disk (absolute index)
+        self._ack_saved = 0.0
 
     @property
     def size(self) -> int:
@@ -105,7 +108,12 @@ class Journal:
         if upto <= self.acked:
             return
         self.acked = upto
-        _write_acked(self.directory / ACKED, upto - self.file_base)
+        # Saved at most every ACK_SAVE_INTERVAL: after a crash, what was acknowledged since
+        # is sent again, and the head, knowing the ids, stores it once.
+        now = time.monotonic()
+        if now - self._ack_saved >= ACK_SAVE_INTERVAL or upto == self.size:
+            self._ack_saved = now
+            _write_acked(self.directory / ACKED, upto - self.file_base)
         del self._records[: upto - self.mem_base]
         self.mem_base = upto
         if self.acked == self.size == self.synced and self._end >= COMPACT_AT:
