@@ -586,7 +586,7 @@ def _query_of(request: pb.AuditQuery, tenant: str | None) -> Query:
         since=unset_if_empty(request.since),
         until=unset_if_empty(request.until),
         limit=request.limit or None,
-        after_seq=request.after_seq,
+        after_seq=request.after_seq if request.HasField("after_seq") else -1,
     )
 
 

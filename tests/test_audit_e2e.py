@@ -40,7 +40,7 @@ TIMEOUT = 60.0
 
 
 def query(address: str, creds: Credentials, **filters: object) -> list[Entry]:
-    request = pb.AuditQuery(after_seq=-1, **filters)  # type: ignore[arg-type]
+    request = pb.AuditQuery(**filters)  # type: ignore[arg-type]
     with secure_channel(address, creds) as channel:
         stream = rpc.HeadStub(channel).QueryAudit(request, timeout=TIMEOUT)
         return [decode(item.data) for item in stream]
@@ -137,6 +137,11 @@ def test_a_refusal_is_recorded_with_its_rule_and_tenants_see_only_their_own(
     assert query(audited.head_address, bob, tenant="alice") == []
     mine = query(audited.head_address, creds_of(audited, "tenant", "alice"), task=task)
     assert mine and all(e.tenant == "alice" for e in mine)
+
+
+def test_a_query_with_no_cursor_starts_at_the_first_entry(audited: LocalCluster) -> None:
+    first = query(audited.head_address, creds_of(audited, "operator", "admin"), limit=1)
+    assert [(e.seq, e.kind) for e in first] == [(0, "node.join")]
 
 
 def test_a_refused_certificate_is_recorded(audited: LocalCluster) -> None:
