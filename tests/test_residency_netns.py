@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from fabric.audit import decode
 
 import fabric
 from fabric._client import CoreClient
@@ -25,7 +26,9 @@ from fabric._cluster import Launch, agent_command, head_command, spawn, terminat
 from fabric._driver import connect
 from fabric._pki import CertificateAuthority, CredentialPaths, Credentials
 from fabric._proto import fabric_pb2 as pb
+from fabric._proto import fabric_pb2_grpc as rpc
 from fabric._refs import ObjectRef
+from fabric._tls import secure_channel
 from fabric.exceptions import (
     ActorDiedError,
     PermissionDeniedError,
@@ -225,6 +228,20 @@ def test_a_node_cannot_claim_a_region_its_identity_may_not(regions: Fabric) -> N
 def test_an_identity_that_is_no_tenant_gets_no_session(regions: Fabric) -> None:
     with pytest.raises(PermissionDeniedError, match="not a tenant of the policy"):
         connect(regions.agents["eu-west-1"], regions.credentials("tenant", "mallory"), timeout=10)
+    # The refusal is in the audit log.
+    operator = regions.credentials("operator", "admin")
+
+    def refusals() -> list[str]:
+        request = pb.AuditQuery(kind="cert.refuse", node="eu-west-1")
+        with secure_channel(regions.head_address, operator) as channel:
+            entries = [decode(e.data) for e in rpc.HeadStub(channel).QueryAudit(request)]
+        return [" ".join(e.reasons) for e in entries]
+
+    wait_until(
+        lambda: any("tenant/mallory" in r for r in refusals()),
+        timeout=TIMEOUT,
+        what="mallory's refusal in the audit log",
+    )
 
 
 def test_an_eu_object_passed_to_a_task_pinned_to_us_east_is_refused(regions: Fabric) -> None:

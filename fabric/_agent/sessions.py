@@ -54,6 +54,15 @@ class DriverSession:
                         message=f"{self.identity.uri} is not a tenant of the policy in force "
                         f"(version {node.policy.version}) [rule tenant.unknown]",
                     )
+                    if node.recorder is not None:
+                        node.recorder.event(
+                            kind="cert.refuse",
+                            tenant="",
+                            outcome="refuse",
+                            rules=("tenant.unknown",),
+                            reasons=(error.message,),
+                            policy=node.policy.version,
+                        )
                     self.batcher.send(
                         pb.ServerMessage(request_id=message.request_id, reply=pb.Reply(error=error))
                     )
