@@ -2,10 +2,12 @@
 the error values it answers with, and replies to sessions.
 
 The agent is one object on one asyncio loop (no locks: a handler runs to completion before
-the next message is looked at), built in layers by role: objects (`objects.py`), task
-placement and dispatch (`dispatch.py`), hosted actors (`actors.py`), placement groups
-(`bundles.py`), and sessions and peers (`node.py`). Network and process I/O sit behind
-`Peers`, `Directory` and the worker launcher.
+the next message is looked at), built in layers by role: objects (`objects.py`), a task's
+arguments and results (`results.py`), task placement and dispatch (`dispatch.py`), hosted
+actors (`actors.py`), placement groups (`bundles.py`), and sessions and peers (`node.py`).
+Network and process I/O sit behind `Peers`, `Directory` and the worker launcher; every
+decision is journaled for the audit log (`recorder.py`, `journal.py`) and the messages that
+act on it wait until it is durable (`durability.py`).
 """
 
 from __future__ import annotations
