@@ -32,6 +32,7 @@ log = logging.getLogger(__name__)
 
 CHUNK_SIZE = 4 << 20
 AUDIT_BATCH = 2000  # records per forwarded batch
+AUDIT_FORWARD_PAUSE = 0.05  # seconds between batches once the head has caught up
 HEARTBEAT_INTERVAL = 1.0
 
 ALLOWED_KINDS = {
@@ -340,6 +341,10 @@ class HeadLink:
                 continue
             journal.acknowledge(start + len(records))
             delay = 0.2
+            if len(records) < AUDIT_BATCH:
+                # Caught up: let entries gather for a moment, so that the head stores and
+                # signs them in few batches rather than many small ones.
+                await asyncio.sleep(AUDIT_FORWARD_PAUSE)
 
     # -- the actor directory (the agent's `Directory`) -----------------------------------
 
