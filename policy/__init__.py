@@ -8,6 +8,8 @@ The tenancy policy those decisions are taken under is loaded and checked by
 :class:`PolicyError` naming every problem with its file, line and column.
 """
 
+from fabric.policy._admission import Usage as Usage
+from fabric.policy._admission import decide_admission as decide_admission
 from fabric.policy._bundles import (
     BundleRequest as BundleRequest,
 )
@@ -32,6 +34,9 @@ from fabric.policy._decision import (
 from fabric.policy._decision import (
     decide_placement as decide_placement,
 )
+from fabric.policy._labels import LabelSelector as LabelSelector
+from fabric.policy._labels import LabelSelectorError as LabelSelectorError
+from fabric.policy._labels import parse_selector as parse_selector
 from fabric.policy._loader import (
     PolicyError as PolicyError,
 )
@@ -59,17 +64,23 @@ from fabric.policy._model import (
 from fabric.policy._model import (
     Quotas as Quotas,
 )
+from fabric.policy._model import ResidencyLabelError as ResidencyLabelError
 from fabric.policy._model import (
     TenantPolicy as TenantPolicy,
 )
 from fabric.policy._model import (
     policy_version as policy_version,
 )
+from fabric.policy._residency import Destination as Destination
+from fabric.policy._residency import decide_transfer as decide_transfer
 
 __all__ = [
     "OPEN_POLICY",
     "BundleRequest",
     "Decision",
+    "Destination",
+    "LabelSelector",
+    "LabelSelectorError",
     "NodeClaim",
     "NodeView",
     "Outcome",
@@ -79,11 +90,16 @@ __all__ = [
     "PolicyError",
     "Problem",
     "Quotas",
+    "ResidencyLabelError",
     "TenantPolicy",
+    "Usage",
     "compile_policy",
+    "decide_admission",
     "decide_bundles",
     "decide_placement",
+    "decide_transfer",
     "load_policy",
     "load_policy_text",
+    "parse_selector",
     "policy_version",
 ]
