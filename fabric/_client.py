@@ -91,6 +91,7 @@ class CoreClient:
         # Why the agent refuses puts under the tenant's default residency, if it does.
         self.put_refusal = welcome.put_refusal
         self.policy_version = welcome.policy_version
+        self.acknowledge_puts = welcome.acknowledge_puts
         self.is_worker = is_worker
         self.store: StoreDirectory | None = None
         if welcome.store_path and _shares_host(Path(welcome.store_path), welcome.node_id):
@@ -289,10 +290,11 @@ class CoreClient:
             else:
                 obj.inline = message.inline_blob
             obj.ready = True
-        if not residency:
+        if not residency and not (stored and self.acknowledge_puts):
             self.transport.send(pb.ClientMessage(put=message))
             return
-        # A residency the agent may refuse: wait for its answer, so that put() raises.
+        # A residency or a quota the agent may refuse: wait for its answer, so that put()
+        # raises.
         try:
             self.request(pb.ClientMessage(put=message), timeout=60)
         except exc.FabricError:

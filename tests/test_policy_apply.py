@@ -167,6 +167,28 @@ def test_a_quota_refuses_work_at_admission(
         assert run(capsys, "policy", "apply", POLICY, *head_args(governed))[0] == 0
 
 
+def test_an_object_store_quota_refuses_a_put_at_once(
+    governed: LocalCluster, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    limited = policy_variant(tmp_path, "object_store: 64GiB", "object_store: 1MiB")
+    version = load_policy(limited).version
+    assert run(capsys, "policy", "apply", limited, *head_args(governed))[0] == 0
+    try:
+        wait_for(
+            lambda: _welcome_version(governed, "eu-west-1") == version,
+            what="the quota policy on eu-west-1",
+        )
+        with tenant_session(governed, "alice", "eu-west-1") as alice, acting_as(alice):
+            small = fabric.put(bytes(100_000))  # stored, within the quota
+            with pytest.raises(
+                QuotaExceededError, match=r"object-store quota.*quota\.object-store"
+            ):
+                fabric.put(bytes(2_000_000))
+            assert len(fabric.get(small, timeout=TIMEOUT)) == 100_000
+    finally:
+        assert run(capsys, "policy", "apply", POLICY, *head_args(governed))[0] == 0
+
+
 @fabric.remote
 def interval(seconds: float) -> tuple[float, float]:
     start = time.time()

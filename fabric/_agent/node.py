@@ -79,7 +79,12 @@ class NodeAgent(Bundles):
             local_socket=self.local_socket,
             policy_version=self.policy.version,
             put_refusal=self._default_put_refusal(session),
+            acknowledge_puts=self._has_store_quota(session.tenant),
         )
+
+    def _has_store_quota(self, tenant: str) -> bool:
+        owner = self.policy.tenant(tenant)
+        return owner is not None and owner.quotas.object_store is not None
 
     def _default_put_refusal(self, session: Session) -> str:
         policy = self.policy

@@ -167,7 +167,7 @@ class Hello(_message.Message):
     def __init__(self, namespace: _Optional[str] = ..., host_token: _Optional[str] = ...) -> None: ...
 
 class Welcome(_message.Message):
-    __slots__ = ("node_id", "tenant", "job_id", "store_path", "namespace", "region", "local_socket", "policy_version", "put_refusal")
+    __slots__ = ("node_id", "tenant", "job_id", "store_path", "namespace", "region", "local_socket", "policy_version", "put_refusal", "acknowledge_puts")
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     TENANT_FIELD_NUMBER: _ClassVar[int]
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
@@ -177,6 +177,7 @@ class Welcome(_message.Message):
     LOCAL_SOCKET_FIELD_NUMBER: _ClassVar[int]
     POLICY_VERSION_FIELD_NUMBER: _ClassVar[int]
     PUT_REFUSAL_FIELD_NUMBER: _ClassVar[int]
+    ACKNOWLEDGE_PUTS_FIELD_NUMBER: _ClassVar[int]
     node_id: str
     tenant: str
     job_id: bytes
@@ -186,7 +187,8 @@ class Welcome(_message.Message):
     local_socket: str
     policy_version: str
     put_refusal: str
-    def __init__(self, node_id: _Optional[str] = ..., tenant: _Optional[str] = ..., job_id: _Optional[bytes] = ..., store_path: _Optional[str] = ..., namespace: _Optional[str] = ..., region: _Optional[str] = ..., local_socket: _Optional[str] = ..., policy_version: _Optional[str] = ..., put_refusal: _Optional[str] = ...) -> None: ...
+    acknowledge_puts: bool
+    def __init__(self, node_id: _Optional[str] = ..., tenant: _Optional[str] = ..., job_id: _Optional[bytes] = ..., store_path: _Optional[str] = ..., namespace: _Optional[str] = ..., region: _Optional[str] = ..., local_socket: _Optional[str] = ..., policy_version: _Optional[str] = ..., put_refusal: _Optional[str] = ..., acknowledge_puts: _Optional[bool] = ...) -> None: ...
 
 class Subscribe(_message.Message):
     __slots__ = ("object_ids",)
