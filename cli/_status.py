@@ -216,6 +216,16 @@ def status_dict(info: fabric_pb2.ClusterInfo) -> dict[str, Any]:
                 "running_tasks": node.running_tasks,
                 "queued_tasks": node.queued_tasks,
                 "workers": node.workers,
+                # Per tenant; a tenant is shown only its own.
+                "tenants": {
+                    tenant: {
+                        "running_tasks": load.running_tasks,
+                        "queued_tasks": load.queued_tasks,
+                        "workers": load.workers,
+                        "actors": load.actors,
+                    }
+                    for tenant, load in sorted(node.tenant_load.items())
+                },
             }
             for node in nodes
         ],

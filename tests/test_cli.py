@@ -567,6 +567,7 @@ def test_status_json(
         "running_tasks": 2,
         "queued_tasks": 1,
         "workers": 3,
+        "tenants": {},
     }
     assert data["totals"] == {
         "nodes": 3,

@@ -11,6 +11,7 @@ import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from fabric.cli.main import main as cli_main
@@ -187,6 +188,29 @@ def test_an_object_store_quota_refuses_a_put_at_once(
             assert len(fabric.get(small, timeout=TIMEOUT)) == 100_000
     finally:
         assert run(capsys, "policy", "apply", POLICY, *head_args(governed))[0] == 0
+
+
+def test_status_shows_a_tenant_only_its_own_work(
+    governed: LocalCluster, capsys: pytest.CaptureFixture[str]
+) -> None:
+    def status(identity: str) -> dict[str, Any]:
+        code, out, _ = run(capsys, "status", *head_args(governed, identity), "--json")
+        assert code == 0
+        return {n["node_id"]: n for n in json.loads(out)["nodes"]}
+
+    with tenant_session(governed, "bob", "eu-west-1") as bob, acting_as(bob):
+        busy = nap.options(region="eu-west").remote(3.0)
+        wait_for(
+            lambda: (
+                status("operator/admin")["eu-west-1"]["tenants"].get("bob", {}).get("running_tasks")
+                == 1
+            ),
+            what="bob's task in the operator's status",
+        )
+        alice = status("tenant/alice")["eu-west-1"]
+        assert set(alice["tenants"]) <= {"alice"}
+        assert alice["running_tasks"] == 0  # bob's task is not alice's business
+        fabric.cancel(busy, force=True)
 
 
 @fabric.remote

@@ -281,6 +281,7 @@ class HeadLink:
                 # Placement-group bundles change the totals too; other agents route work
                 # to a bundle's resources by them.
                 total=info.total,
+                tenant_load=info.tenant_load,
             )
             data = report.SerializeToString(deterministic=True)
             now = asyncio.get_running_loop().time()
