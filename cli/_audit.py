@@ -20,11 +20,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeAlias
 
 from fabric.cli._common import CommandError, add_command
+from fabric.cli._head import add_credential_args, add_head_args, head_stub, timeout
 
 if TYPE_CHECKING:
     from fabric.audit import Checkpoint, Entry
 
-    from fabric._proto import fabric_pb2, fabric_pb2_grpc
+    from fabric._proto import fabric_pb2
 
     Subparsers: TypeAlias = argparse._SubParsersAction[argparse.ArgumentParser]
 
@@ -50,7 +51,6 @@ the one you saw last; otherwise it is a rollback or a fork, and says which.
 Either way the checkpoint you saw last is kept in --last-seen and updated only when the
 log verifies. Exit status 1 when it does not."""
 
-DEFAULT_TIMEOUT = 30.0
 DEFAULT_LAST_SEEN = Path("~/.fabric/audit-last-seen")
 _REASONS_WIDTH = 60
 _FILTERS = ("tenant", "kind", "outcome", "task", "actor", "object", "rule", "node")
@@ -71,34 +71,6 @@ def register(subparsers: Subparsers) -> None:
 
 
 # ----------------------------------------------------------------------------- options
-
-
-def _add_head_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--address", required=True, metavar="HEAD", help="the head, HOST:PORT")
-    _add_credential_args(parser, required=True)
-
-
-def _add_credential_args(parser: argparse.ArgumentParser, *, required: bool) -> None:
-    parser.add_argument(
-        "--certs",
-        type=Path,
-        required=required,
-        metavar="DIR",
-        help="certificate directory (DIR/ca.pem, DIR/crl.pem, DIR/issued/<kind>-<name>.*)",
-    )
-    parser.add_argument(
-        "--identity",
-        default="operator/admin",
-        metavar="KIND/NAME",
-        help="whose certificate to use (default: %(default)s)",
-    )
-    parser.add_argument(
-        "--timeout",
-        type=float,
-        default=DEFAULT_TIMEOUT,
-        metavar="SECONDS",
-        help="give up after this long, 0 for never (default: %(default)s)",
-    )
 
 
 def _add_filters(parser: argparse.ArgumentParser) -> None:
@@ -142,15 +114,15 @@ def _add_query(subparsers: Subparsers) -> None:
     _add_filters(query)
     query.add_argument("--limit", type=_count, metavar="N", help="at most N entries")
     _add_format(query)
-    _add_head_args(query)
+    add_head_args(query)
 
 
 def _query(args: argparse.Namespace) -> int:
     from fabric._proto import fabric_pb2
 
     request = _request(args, fabric_pb2.AuditQuery(limit=args.limit or 0, after_seq=-1))
-    with _head(args, "audit query") as stub:
-        rows = _stream(stub.QueryAudit(request, timeout=_timeout(args)))
+    with head_stub(args, "audit query") as stub:
+        rows = _stream(stub.QueryAudit(request, timeout=timeout(args)))
         _print_entries(rows, args.format)
     return 0
 
@@ -172,15 +144,15 @@ def _add_explain(subparsers: Subparsers) -> None:
     )
     explain.add_argument("task", metavar="TASK_ID", help="the task id (hex)")
     explain.add_argument("--json", action="store_true", help="print the entries as JSON")
-    _add_head_args(explain)
+    add_head_args(explain)
 
 
 def _explain(args: argparse.Namespace) -> int:
     from fabric._proto import fabric_pb2
 
     request = fabric_pb2.AuditQuery(task=args.task, explain=True, after_seq=-1)
-    with _head(args, "audit explain") as stub:
-        chain = list(_stream(stub.QueryAudit(request, timeout=_timeout(args))))
+    with head_stub(args, "audit explain") as stub:
+        chain = list(_stream(stub.QueryAudit(request, timeout=timeout(args))))
     if args.json:
         _print_entries(chain, "json")
     elif not chain:
@@ -250,7 +222,7 @@ def _add_tail(subparsers: Subparsers) -> None:
     tail.add_argument("-f", "--follow", action="store_true", help="keep printing new entries")
     _add_filters(tail)
     _add_format(tail)
-    _add_head_args(tail)
+    add_head_args(tail)
 
 
 def _tail(args: argparse.Namespace) -> int:
@@ -258,10 +230,10 @@ def _tail(args: argparse.Namespace) -> int:
 
     from fabric._proto import fabric_pb2
 
-    with _head(args, "audit tail") as stub:
+    with head_stub(args, "audit tail") as stub:
         # The log's size, from the newest checkpoint (the head signs one after every
         # batch). Only a hint of where to look: the query itself runs to the end.
-        reply = stub.AuditCheckpoint(fabric_pb2.AuditCheckpointRequest(), timeout=_timeout(args))
+        reply = stub.AuditCheckpoint(fabric_pb2.AuditCheckpointRequest(), timeout=timeout(args))
         name, key = parse_vkey(reply.vkey)
         size = verify_checkpoint(reply.checkpoint, name, key).size
         # The last N matches: look back over a window of entries, widened until it holds
@@ -270,7 +242,7 @@ def _tail(args: argparse.Namespace) -> int:
         while True:
             after = max(-1, size - 1 - window)
             request = _request(args, fabric_pb2.AuditQuery(after_seq=after))
-            rows = list(_stream(stub.QueryAudit(request, timeout=_timeout(args))))
+            rows = list(_stream(stub.QueryAudit(request, timeout=timeout(args))))
             if len(rows) >= args.n or after == -1:
                 break
             window *= 4
@@ -311,14 +283,14 @@ def _add_prove(subparsers: Subparsers) -> None:
     )
     prove.add_argument("seq", type=_count, metavar="SEQ", help="the entry's position in the log")
     prove.add_argument("--out", type=Path, metavar="FILE", help="write it here, not to stdout")
-    _add_head_args(prove)
+    add_head_args(prove)
 
 
 def _prove(args: argparse.Namespace) -> int:
     from fabric._proto import fabric_pb2
 
-    with _head(args, "audit prove") as stub:
-        proof = stub.ProveAudit(fabric_pb2.AuditProveRequest(seq=args.seq), timeout=_timeout(args))
+    with head_stub(args, "audit prove") as stub:
+        proof = stub.ProveAudit(fabric_pb2.AuditProveRequest(seq=args.seq), timeout=timeout(args))
     if args.out is None:
         print(proof.bundle)
     else:
@@ -393,7 +365,7 @@ def _add_verify(subparsers: Subparsers) -> None:
         help="the head's state directory on this host (or the --state-dir of `fabric start`)",
     )
     where.add_argument("--address", metavar="HEAD", help="the head, HOST:PORT")
-    _add_credential_args(verify, required=False)
+    add_credential_args(verify, required=False)
     verify.add_argument(
         "--vkey",
         metavar="VKEY_OR_FILE",
@@ -468,8 +440,8 @@ def _verify_remote(args: argparse.Namespace) -> int:
                 f"the checkpoint in {last_seen_path} does not verify with {name}: {error}"
             ) from error
     request = fabric_pb2.AuditCheckpointRequest(old_size=last.size if last else 0)
-    with _head(args, "audit verify") as stub:
-        reply = stub.AuditCheckpoint(request, timeout=_timeout(args))
+    with head_stub(args, "audit verify") as stub:
+        reply = stub.AuditCheckpoint(request, timeout=timeout(args))
     problem = _remote_problem(reply, vkey, last)
     if problem is not None:
         print(problem)
@@ -551,50 +523,6 @@ def _save_last_seen(path: Path, text: str) -> None:
 
 
 # ----------------------------------------------------------------------------- talking to the head
-
-
-@contextlib.contextmanager
-def _head(args: argparse.Namespace, what: str) -> Iterator[fabric_pb2_grpc.HeadStub]:
-    """A Head stub over mutual TLS as ``--identity``; an RPC error raised inside becomes one
-    line saying what went wrong."""
-    # grpc core logs failed handshakes on stderr at INFO; it reads this when first loaded.
-    os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
-    import grpc
-    from fabric.cli._common import credential_paths, parse_identity
-    from fabric.cli._status import check_usable, explain_rpc_error
-
-    from fabric._pki import Credentials, Identity
-    from fabric._proto import fabric_pb2_grpc
-    from fabric._tls import secure_channel
-
-    kind, name = parse_identity(args.identity)
-    Identity(kind, name)  # a malformed --identity is reported as such, not as a missing file
-    paths = credential_paths(args.certs, kind, name)
-    creds = Credentials.load(paths)
-    check_usable(paths)
-    with secure_channel(args.address, creds) as channel:
-        try:
-            yield fabric_pb2_grpc.HeadStub(channel)
-        except grpc.RpcError as exc:
-            code = exc.code() if hasattr(exc, "code") else None
-            if code in (
-                grpc.StatusCode.UNAVAILABLE,
-                grpc.StatusCode.DEADLINE_EXCEEDED,
-                grpc.StatusCode.UNAUTHENTICATED,
-                grpc.StatusCode.PERMISSION_DENIED,
-                grpc.StatusCode.UNIMPLEMENTED,
-            ):
-                message = explain_rpc_error(exc, args.address, creds, paths, args.timeout)
-            else:
-                details = " ".join(
-                    ((exc.details() if hasattr(exc, "details") else "") or "").split()
-                )
-                message = f"{what}: {details or (code.name if code else 'failed')}"
-            raise CommandError(message) from exc
-
-
-def _timeout(args: argparse.Namespace) -> float | None:
-    return args.timeout or None
 
 
 def _request(args: argparse.Namespace, request: fabric_pb2.AuditQuery) -> fabric_pb2.AuditQuery:

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeAlias
 
 from fabric.cli._common import add_command
+from fabric.cli._head import add_head_args, head_stub, timeout
 
 if TYPE_CHECKING:
     Subparsers: TypeAlias = argparse._SubParsersAction[argparse.ArgumentParser]
@@ -110,24 +111,6 @@ def _count(n: int, noun: str) -> str:
 # ----------------------------------------------------------------------------- apply, show
 
 
-def _add_head_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--address", required=True, metavar="HEAD", help="the head, HOST:PORT")
-    parser.add_argument(
-        "--certs",
-        type=Path,
-        required=True,
-        metavar="DIR",
-        help="certificate directory (DIR/ca.pem, DIR/crl.pem, DIR/issued/<kind>-<name>.*)",
-    )
-    parser.add_argument(
-        "--identity",
-        default="operator/admin",
-        metavar="KIND/NAME",
-        help="whose certificate to use (default: %(default)s)",
-    )
-    parser.add_argument("--timeout", type=float, default=10.0, metavar="SECONDS")
-
-
 def _add_apply(subparsers: Subparsers) -> None:
     apply = add_command(
         subparsers,
@@ -145,7 +128,7 @@ def _add_apply(subparsers: Subparsers) -> None:
     apply.add_argument(
         "--dry-run", action="store_true", help="validate against the fabric, apply nothing"
     )
-    _add_head_args(apply)
+    add_head_args(apply)
 
 
 def _add_show(subparsers: Subparsers) -> None:
@@ -159,40 +142,24 @@ def _add_show(subparsers: Subparsers) -> None:
         ),
         handler=_show,
     )
-    _add_head_args(show)
+    add_head_args(show)
     show.add_argument("--json", action="store_true", help="print the document as JSON")
 
 
 def _call_head(args: argparse.Namespace, method: str, request: object) -> Any:
-    import os
-
-    os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
     import grpc
-    from fabric.cli._common import CommandError, credential_paths, parse_identity
-    from fabric.cli._status import check_usable, explain_rpc_error
+    from fabric.cli._common import CommandError
 
-    from fabric._pki import Credentials, Identity
-    from fabric._proto import fabric_pb2_grpc
-    from fabric._tls import secure_channel
-
-    kind, name = parse_identity(args.identity)
-    Identity(kind, name)
-    paths = credential_paths(args.certs, kind, name)
-    creds = Credentials.load(paths)
-    check_usable(paths)
-    with secure_channel(args.address, creds) as channel:
-        stub = fabric_pb2_grpc.HeadStub(channel)
+    with head_stub(args, f"policy {args.policy_command}") as stub:
         try:
-            return getattr(stub, method)(request, timeout=args.timeout)
+            return getattr(stub, method)(request, timeout=timeout(args))
         except grpc.RpcError as exc:
             code = exc.code() if hasattr(exc, "code") else None
-            if code in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.FAILED_PRECONDITION):
-                print(exc.details(), file=sys.stderr)
-                raise CommandError(
-                    "the head refused the policy for the problems above; nothing was applied"
-                ) from exc
+            if code not in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.FAILED_PRECONDITION):
+                raise
+            print(exc.details(), file=sys.stderr)
             raise CommandError(
-                explain_rpc_error(exc, args.address, creds, paths, args.timeout)
+                "the head refused the policy for the problems above; nothing was applied"
             ) from exc
 
 
