@@ -29,9 +29,6 @@ from fabric.policy._decision import (
     PlacementRequest as PlacementRequest,
 )
 from fabric.policy._decision import (
-    PolicyBundle as PolicyBundle,
-)
-from fabric.policy._decision import (
     decide_placement as decide_placement,
 )
 from fabric.policy._labels import LabelSelector as LabelSelector
@@ -86,7 +83,6 @@ __all__ = [
     "Outcome",
     "PlacementRequest",
     "Policy",
-    "PolicyBundle",
     "PolicyError",
     "Problem",
     "Quotas",

@@ -76,10 +76,6 @@ class PlacementRequest:
     selector: LabelSelector = NO_SELECTOR
 
 
-PolicyBundle = Policy  # the policy a decision is taken under
-DEFAULT_BUNDLE = OPEN_POLICY
-
-
 @dataclass(frozen=True)
 class Decision:
     outcome: Outcome
@@ -148,14 +144,13 @@ def allowed_regions(request: PlacementRequest, policy: Policy) -> tuple[Regions,
 def decide_placement(
     request: PlacementRequest,
     nodes: Sequence[NodeView],
-    bundle: Policy = OPEN_POLICY,
+    policy: Policy = OPEN_POLICY,
     view_version: int = 0,
 ) -> Decision:
     """Where `request` runs. Only nodes in regions the tenant's policy, the request's label
     selector and the residency of its inputs all allow are candidates; among them, prefers
     the local node, then the remote node with the most headroom; queues when some candidate
     could fit it later; refuses when none ever could."""
-    policy = bundle
     digest = _digest(request, view_version, policy)
 
     def decide(outcome: Outcome, node: str | None, rule: str, reason: str) -> Decision:
