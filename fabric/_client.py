@@ -89,9 +89,8 @@ class CoreClient:
         self.namespace = welcome.namespace
         self.region = welcome.region
         # Why the agent refuses puts under the tenant's default residency, if it does.
-        self.put_refusal = welcome.put_refusal
         self.policy_version = welcome.policy_version
-        self.acknowledge_puts = welcome.acknowledge_puts
+        self.acknowledge_puts_from = welcome.acknowledge_puts_from
         self.is_worker = is_worker
         self.store: StoreDirectory | None = None
         if welcome.store_path and _shares_host(Path(welcome.store_path), welcome.node_id):
@@ -257,8 +256,6 @@ class CoreClient:
             raise TypeError("put() of an ObjectRef is not allowed: pass the ref itself")
         if residency is not None and (not isinstance(residency, str) or not residency):
             raise ValueError(f"residency must be a non-empty string, got {residency!r}")
-        if residency is None and self.put_refusal:
-            raise exc.ResidencyError(self.put_refusal)
         serialized = self.serialize_arg(
             value, lambda: f"the value passed to put() ({type(value).__name__})"
         )
@@ -290,7 +287,8 @@ class CoreClient:
             else:
                 obj.inline = message.inline_blob
             obj.ready = True
-        if not residency and not (stored and self.acknowledge_puts):
+        wait_from = self.acknowledge_puts_from
+        if not residency and not (wait_from and serialized.total_size >= wait_from):
             self.transport.send(pb.ClientMessage(put=message))
             return
         # A residency or a quota the agent may refuse: wait for its answer, so that put()

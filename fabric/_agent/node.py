@@ -42,7 +42,6 @@ from fabric.policy import Outcome
 from fabric.policy._admission import Usage, admission_refusal, decide_admission
 from fabric.policy._labels import LabelSelectorError, parse_selector
 from fabric.policy._model import ResidencyLabelError, decode_regions, encode_regions, intersect
-from fabric.policy._residency import Destination, decide_transfer
 
 
 class NodeAgent(Bundles):
@@ -78,24 +77,19 @@ class NodeAgent(Bundles):
             region=self.region,
             local_socket=self.local_socket,
             policy_version=self.policy.version,
-            put_refusal=self._default_put_refusal(session),
-            acknowledge_puts=self._has_store_quota(session.tenant),
+            acknowledge_puts_from=self._acknowledge_puts_from(session.tenant),
         )
 
-    def _has_store_quota(self, tenant: str) -> bool:
+    def _acknowledge_puts_from(self, tenant: str) -> int:
+        """Which puts the client waits for, so that a refusal raises at put(): all of them
+        here, outside the tenant's default residency; under an object-store quota, those
+        large enough to be stored (they are what fills the store)."""
         owner = self.policy.tenant(tenant)
-        return owner is not None and owner.quotas.object_store is not None
-
-    def _default_put_refusal(self, session: Session) -> str:
-        policy = self.policy
-        tenant = policy.tenant(session.tenant)
-        residency = tenant.default_residency if tenant is not None else None
-        if residency is None or self.region in residency:
-            return ""
-        decision = decide_transfer(
-            policy, session.tenant, b"", residency, Destination.STORE, self.node_id, self.region
-        )
-        return refusal(E.RESIDENCY_REFUSED, decision).message
+        if owner is None:
+            return 0
+        if owner.default_residency is not None and self.region not in owner.default_residency:
+            return 1
+        return INLINE_THRESHOLD + 1 if owner.quotas.object_store is not None else 0
 
     def close_session(self, session: Session) -> None:
         if session.closed:

@@ -167,7 +167,7 @@ class Hello(_message.Message):
     def __init__(self, namespace: _Optional[str] = ..., host_token: _Optional[str] = ...) -> None: ...
 
 class Welcome(_message.Message):
-    __slots__ = ("node_id", "tenant", "job_id", "store_path", "namespace", "region", "local_socket", "policy_version", "put_refusal", "acknowledge_puts")
+    __slots__ = ("node_id", "tenant", "job_id", "store_path", "namespace", "region", "local_socket", "policy_version", "acknowledge_puts_from")
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     TENANT_FIELD_NUMBER: _ClassVar[int]
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
@@ -176,8 +176,7 @@ class Welcome(_message.Message):
     REGION_FIELD_NUMBER: _ClassVar[int]
     LOCAL_SOCKET_FIELD_NUMBER: _ClassVar[int]
     POLICY_VERSION_FIELD_NUMBER: _ClassVar[int]
-    PUT_REFUSAL_FIELD_NUMBER: _ClassVar[int]
-    ACKNOWLEDGE_PUTS_FIELD_NUMBER: _ClassVar[int]
+    ACKNOWLEDGE_PUTS_FROM_FIELD_NUMBER: _ClassVar[int]
     node_id: str
     tenant: str
     job_id: bytes
@@ -186,9 +185,8 @@ class Welcome(_message.Message):
     region: str
     local_socket: str
     policy_version: str
-    put_refusal: str
-    acknowledge_puts: bool
-    def __init__(self, node_id: _Optional[str] = ..., tenant: _Optional[str] = ..., job_id: _Optional[bytes] = ..., store_path: _Optional[str] = ..., namespace: _Optional[str] = ..., region: _Optional[str] = ..., local_socket: _Optional[str] = ..., policy_version: _Optional[str] = ..., put_refusal: _Optional[str] = ..., acknowledge_puts: _Optional[bool] = ...) -> None: ...
+    acknowledge_puts_from: int
+    def __init__(self, node_id: _Optional[str] = ..., tenant: _Optional[str] = ..., job_id: _Optional[bytes] = ..., store_path: _Optional[str] = ..., namespace: _Optional[str] = ..., region: _Optional[str] = ..., local_socket: _Optional[str] = ..., policy_version: _Optional[str] = ..., acknowledge_puts_from: _Optional[int] = ...) -> None: ...
 
 class Subscribe(_message.Message):
     __slots__ = ("object_ids",)
