@@ -6,6 +6,7 @@ The head starts under `configs/policy-two-tenants.yaml`; operators apply new ver
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import time
@@ -63,6 +64,23 @@ def policy_variant(tmp_path: Path, old: str, new: str) -> Path:
     path = tmp_path / "policy.yaml"
     path.write_text(text.replace(old, new))
     return path
+
+
+@contextlib.contextmanager
+def applied(
+    cluster: LocalCluster, capsys: pytest.CaptureFixture[str], path: Path
+) -> Iterator[None]:
+    """`path` in force on eu-west-1 for the block; the example policy again after it."""
+    version = load_policy(path).version
+    assert run(capsys, "policy", "apply", path, *head_args(cluster))[0] == 0
+    try:
+        wait_for(
+            lambda: _welcome_version(cluster, "eu-west-1") == version,
+            what=f"policy {version} on eu-west-1",
+        )
+        yield
+    finally:
+        assert run(capsys, "policy", "apply", POLICY, *head_args(cluster))[0] == 0
 
 
 @fabric.remote
@@ -150,13 +168,7 @@ def test_a_quota_refuses_work_at_admission(
     governed: LocalCluster, capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
     limited = policy_variant(tmp_path, "tasks: 10000", "tasks: 1")
-    version = load_policy(limited).version
-    assert run(capsys, "policy", "apply", limited, *head_args(governed))[0] == 0
-    try:
-        wait_for(
-            lambda: _welcome_version(governed, "eu-west-1") == version,
-            what="the quota policy on eu-west-1",
-        )
+    with applied(governed, capsys, limited):
         with tenant_session(governed, "alice", "eu-west-1") as alice, acting_as(alice):
             first = nap.remote(1.0)
             with pytest.raises(QuotaExceededError, match=r"tasks quota.*quota\.tasks"):
@@ -164,21 +176,13 @@ def test_a_quota_refuses_work_at_admission(
             assert fabric.get(first, timeout=TIMEOUT) in ("eu-west", "eu-central")
             # Once the first has finished, there is room again.
             assert fabric.get(nap.remote(0), timeout=TIMEOUT) == "eu-west"
-    finally:
-        assert run(capsys, "policy", "apply", POLICY, *head_args(governed))[0] == 0
 
 
 def test_an_object_store_quota_refuses_a_put_at_once(
     governed: LocalCluster, capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
     limited = policy_variant(tmp_path, "object_store: 64GiB", "object_store: 1MiB")
-    version = load_policy(limited).version
-    assert run(capsys, "policy", "apply", limited, *head_args(governed))[0] == 0
-    try:
-        wait_for(
-            lambda: _welcome_version(governed, "eu-west-1") == version,
-            what="the quota policy on eu-west-1",
-        )
+    with applied(governed, capsys, limited):
         with tenant_session(governed, "alice", "eu-west-1") as alice, acting_as(alice):
             small = fabric.put(bytes(100_000))  # stored, within the quota
             with pytest.raises(
@@ -186,8 +190,6 @@ def test_an_object_store_quota_refuses_a_put_at_once(
             ):
                 fabric.put(bytes(2_000_000))
             assert len(fabric.get(small, timeout=TIMEOUT)) == 100_000
-    finally:
-        assert run(capsys, "policy", "apply", POLICY, *head_args(governed))[0] == 0
 
 
 def test_status_shows_a_tenant_only_its_own_work(
@@ -224,13 +226,7 @@ def test_a_cpu_quota_makes_work_wait_and_refuses_what_never_fits(
     governed: LocalCluster, capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
     limited = policy_variant(tmp_path, "cpus: 64", "cpus: 1")
-    version = load_policy(limited).version
-    assert run(capsys, "policy", "apply", limited, *head_args(governed))[0] == 0
-    try:
-        wait_for(
-            lambda: _welcome_version(governed, "eu-west-1") == version,
-            what="the quota policy on eu-west-1",
-        )
+    with applied(governed, capsys, limited):
         with tenant_session(governed, "alice", "eu-west-1") as alice, acting_as(alice):
             # The node has 2 CPUs, alice may hold 1: her two tasks run one after the other.
             spans = sorted(
@@ -242,8 +238,6 @@ def test_a_cpu_quota_makes_work_wait_and_refuses_what_never_fits(
             assert spans[0][1] <= spans[1][0], spans
             with pytest.raises(QuotaExceededError, match=r"quota\.cpus"):
                 fabric.get(interval.options(num_cpus=2).remote(0), timeout=TIMEOUT)
-    finally:
-        assert run(capsys, "policy", "apply", POLICY, *head_args(governed))[0] == 0
 
 
 # ----------------------------------------------------------------------------- bundles

@@ -34,7 +34,6 @@ from fabric._serialization import (
     blob_kind,
 )
 from fabric.policy import NodeView, Outcome, PlacementRequest, decide_placement
-from fabric.policy._labels import NO_SELECTOR, parse_selector
 from fabric.policy._model import encode_regions
 
 
@@ -105,7 +104,7 @@ class Dispatch(Results):
             pinned_node_id=self.node_id if spec.hops >= MAX_HOPS else None,
             excluded_node_ids=frozenset((task.origin_node,)) if task.origin_node else frozenset(),
             data_regions=task.residency,
-            selector=parse_selector(spec.label_selector) if spec.label_selector else NO_SELECTOR,
+            selector=task.selector,
         )
         decision = decide_placement(
             request, self._node_views(), self._policy_of(spec), self.view_version

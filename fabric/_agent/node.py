@@ -238,7 +238,6 @@ class NodeAgent(Bundles):
         if tenant is None:
             return error_info(E.INVALID_REQUEST, f"{session.tenant!r} is not a tenant")
         try:
-            parse_selector(spec.label_selector)
             # Inside a task, work without a label derives from what the task read.
             residency = (
                 self._session_residency(session)
@@ -248,7 +247,7 @@ class NodeAgent(Bundles):
                     self._session_residency(session),
                 )
             )
-        except (LabelSelectorError, ResidencyLabelError) as e:
+        except ResidencyLabelError as e:
             return error_info(E.INVALID_REQUEST, str(e))
         for arg in spec.args:
             arg.residency = ""  # agents say where an object may live, never a client
@@ -340,7 +339,6 @@ class NodeAgent(Bundles):
             self.functions[(spec.tenant, spec.function_digest)] = spec.function_blob
             spec.ClearField("function_blob")
         problem = _validate_spec(spec) or self._collision(spec.tenant, spec)
-        task = TaskEntry(spec, origin_node=from_node)
         if problem is not None:
             # Answer the sender without touching entries that may stand under these ids.
             error = error_info(E.INVALID_REQUEST, problem)
@@ -351,13 +349,18 @@ class NodeAgent(Bundles):
                         task_id=spec.task_id,
                         tenant=spec.tenant,
                         returns=[
-                            pb.ObjectLocation(object_id=object_id, tenant=spec.tenant, error=error)
-                            for object_id in task.return_ids
+                            pb.ObjectLocation(
+                                object_id=return_id(spec.task_id, index),
+                                tenant=spec.tenant,
+                                error=error,
+                            )
+                            for index in range(min(spec.num_returns, MAX_RETURNS))
                         ],
                     )
                 ),
             )
             return
+        task = TaskEntry(spec, origin_node=from_node)
         for object_id in task.return_ids:
             self.objects[(spec.tenant, object_id)] = ObjEntry(
                 tenant=spec.tenant, remote_owner=from_node
@@ -521,4 +524,9 @@ def _validate_spec(spec: pb.TaskSpec) -> str | None:
             return "an argument carries no value"
         if arg.WhichOneof("value") == "inline_blob" and len(arg.inline_blob) > 4 * INLINE_THRESHOLD:
             return "an inline argument is too large"
+    if spec.label_selector:
+        try:
+            parse_selector(spec.label_selector)
+        except LabelSelectorError as e:
+            return str(e)
     return None

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 
 from fabric._agent.workers import Worker
 from fabric._proto import fabric_pb2 as pb
+from fabric.policy._labels import NO_SELECTOR, LabelSelector, parse_selector
 from fabric.policy._model import Regions, decode_regions
 
 
@@ -72,6 +73,7 @@ class TaskEntry:
     admitted: bool = False  # counted against its tenant's quotas on this node
     audit_id: str = ""  # the latest audit entry of this task here: the next one's parent
     audit_needed: int = 0  # journal records durable before acting on its placement
+    selector: LabelSelector = NO_SELECTOR  # set from the spec in __post_init__
 
     def __post_init__(self) -> None:
         # Crashes this task may survive: its own retries, or its actor's for a call.
@@ -82,6 +84,8 @@ class TaskEntry:
             self.retries_left = spec.actor_options.max_task_retries
         self.residency = decode_regions(spec.residency)
         self.audit_id = spec.audit_parent
+        # Parsed once (the spec was validated when it was taken), placed as often as needed.
+        self.selector = parse_selector(spec.label_selector) if spec.label_selector else NO_SELECTOR
 
     @property
     def task_id(self) -> bytes:
