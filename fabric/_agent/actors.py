@@ -15,6 +15,7 @@ from fabric._agent.base import (
     refusal,
 )
 from fabric._agent.dispatch import Dispatch
+from fabric._agent.durability import mark
 from fabric._agent.state import (
     ActorEntry,
     ActorState,
@@ -86,8 +87,7 @@ class Actors(Dispatch):
             request, self._node_views(), self._policy_of(task.spec), self.view_version
         )
         task.audit_id = self._record(decision, task.spec, parent=task.audit_id) or task.audit_id
-        if self.recorder is not None:
-            task.audit_needed = self.recorder.needed
+        task.audit_needed = mark()
         if decision.outcome is Outcome.REFUSE:
             self._fail(task, refusal(E.RESIDENCY_REFUSED, decision))
             return False

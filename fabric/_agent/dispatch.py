@@ -20,6 +20,7 @@ from fabric._agent.base import (
     refusal,
     unknown_object,
 )
+from fabric._agent.durability import mark
 from fabric._agent.results import Results
 from fabric._agent.scheduler import Shape, fits, how_many_fit, shape_of
 from fabric._agent.state import (
@@ -113,8 +114,7 @@ class Dispatch(Results):
         task.audit_id = (
             self._record(decision, spec, parent=task.audit_id, session=session) or task.audit_id
         )
-        if self.recorder is not None:
-            task.audit_needed = self.recorder.needed
+        task.audit_needed = mark()  # acting on the placement waits for it to be durable
         if decision.node_id == self.node_id and not (
             decision.outcome is Outcome.QUEUE and spec.kind == pb.ACTOR_CREATION
         ):

@@ -82,8 +82,6 @@ class Recorder:
         self._prefix = f"{node_id}/{secrets.token_hex(4)}/"
         self._counter = itertools.count()
         self.on_append: Callable[[], None] = lambda: None  # the gate commits soon
-        # Records that must be durable before acting on the latest decision (its index + 1).
-        self.needed = 0
 
     def record(
         self,
@@ -102,7 +100,7 @@ class Recorder:
     ) -> str:
         """Journal `decision`; returns the entry's id (a later entry's `parent`)."""
         entry_id = f"{self._prefix}{next(self._counter)}"
-        self.needed = 1 + self.journal.append(
+        self.journal.append(
             canonical_entry(
                 id=entry_id,
                 time=now(),
