@@ -17,7 +17,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from ._bundle import ProofBundle, check_proof
 from ._checkpoint import Checkpoint, encode_vkey, sign_checkpoint, verify_checkpoint
-from ._entry import Entry, decode, encode, with_seq
+from ._entry import Entry, decode, encode, sequenced
 from ._errors import (
     CheckpointError,
     EntryError,
@@ -80,32 +80,45 @@ class AuditLog:
         for entry in entries:
             if not isinstance(entry, Entry):
                 raise TypeError(f"the log appends Entry values, not {type(entry).__name__}")
+        unsequenced = [e if e.seq == -1 else replace(e, seq=-1) for e in entries]
+        return self._append([(e, encode(e)) for e in unsequenced])
+
+    def append_decoded(self, records: Sequence[tuple[Entry, bytes]]) -> list[int]:
+        """:meth:`append` for entries a sequencer received as bytes: each pair is an entry with
+        seq -1 and the bytes :func:`decode` made it from, so the log writes the seq into the
+        bytes instead of encoding the entry again."""
+        for entry, _ in records:
+            if not isinstance(entry, Entry) or entry.seq != -1:
+                raise TypeError("the log appends decoded, unsequenced entries (seq -1)")
+        return self._append(records)
+
+    def _append(self, records: Sequence[tuple[Entry, bytes]]) -> list[int]:
         with self._lock:
-            known = self._store.seqs_of(list({e.id for e in entries}))
-            for entry in entries:
+            known = self._store.seqs_of(list({e.id for e, _ in records}))
+            for entry, _ in records:
                 if entry.id in known:
                     data = self._store.entry_data(known[entry.id])
                     if data is None:
                         raise StoreError(f"entry {entry.id!r} vanished from the store")
                     _require_same(entry, decode(data))
             seqs: list[int] = []
-            batch: dict[str, Entry] = {}
-            rows: list[tuple[Entry, bytes]] = []
+            batch: dict[str, tuple[int, Entry]] = {}
+            rows: list[tuple[int, Entry, bytes]] = []
             nodes: list[TreeNode] = []
             next_seq = self._range.size
             try:
-                for entry in entries:
+                for entry, unsequenced in records:
                     if entry.id in known:
                         seqs.append(known[entry.id])
                     elif entry.id in batch:
-                        _require_same(entry, batch[entry.id])
-                        seqs.append(batch[entry.id].seq)
+                        seq, held = batch[entry.id]
+                        _require_same(entry, replace(held, seq=seq))
+                        seqs.append(seq)
                     else:
-                        sequenced = with_seq(entry, next_seq)
-                        data = encode(sequenced)
+                        data = sequenced(unsequenced, next_seq)
                         nodes += self._range.append(leaf_hash(data))
-                        rows.append((sequenced, data))
-                        batch[entry.id] = sequenced
+                        rows.append((next_seq, entry, data))
+                        batch[entry.id] = (next_seq, entry)
                         seqs.append(next_seq)
                         next_seq += 1
                 if rows:

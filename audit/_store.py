@@ -32,9 +32,12 @@ class AuditStore(Protocol):
         """One past the largest seq stored (0 when empty)."""
         ...
 
-    def append(self, entries: Sequence[tuple[Entry, bytes]], nodes: Sequence[TreeNode]) -> None:
-        """Store sequenced entries (each with its canonical bytes) and the subtree hashes
-        they complete, in one transaction that is durable when this returns."""
+    def append(
+        self, entries: Sequence[tuple[int, Entry, bytes]], nodes: Sequence[TreeNode]
+    ) -> None:
+        """Store entries as (seq, entry, the canonical bytes of the entry at that seq) with
+        the subtree hashes they complete, in one transaction durable when this returns. (The
+        entry's own `seq` field is not read: the bytes carry the seq.)"""
         ...
 
     def seqs_of(self, ids: Sequence[str]) -> dict[str, int]:
@@ -167,10 +170,12 @@ class SqliteAuditStore:
         (last,) = self._db.execute("SELECT MAX(seq) FROM entries").fetchone()
         return 0 if last is None else last + 1
 
-    def append(self, entries: Sequence[tuple[Entry, bytes]], nodes: Sequence[TreeNode]) -> None:
+    def append(
+        self, entries: Sequence[tuple[int, Entry, bytes]], nodes: Sequence[TreeNode]
+    ) -> None:
         rows = [
             (
-                e.seq,
+                seq,
                 e.id,
                 data,
                 e.time,
@@ -184,7 +189,7 @@ class SqliteAuditStore:
                 e.parent,
                 _RULES.encode(e.rules),
             )
-            for e, data in entries
+            for seq, e, data in entries
         ]
         db = self._db
         db.execute("BEGIN IMMEDIATE")
@@ -192,11 +197,11 @@ class SqliteAuditStore:
             db.executemany(f"INSERT INTO entries VALUES ({', '.join('?' * 13)})", rows)
             db.executemany(
                 "INSERT OR IGNORE INTO entry_objects VALUES (?, ?)",
-                [(o, e.seq) for e, _ in entries for o in e.objects],
+                [(o, seq) for seq, e, _ in entries for o in e.objects],
             )
             db.executemany(
                 "INSERT OR IGNORE INTO entry_rules VALUES (?, ?)",
-                [(r, e.seq) for e, _ in entries for r in e.rules],
+                [(r, seq) for seq, e, _ in entries for r in e.rules],
             )
             db.executemany(
                 "INSERT INTO tree VALUES (?, ?, ?)", [(n.level, n.index, n.hash) for n in nodes]

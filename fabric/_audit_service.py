@@ -42,7 +42,7 @@ import stat
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import replace
 from pathlib import Path
 from types import TracebackType
@@ -195,7 +195,10 @@ class HeadAudit:
         :class:`EntryError` if an id is in the log with other content (nothing is stored).
 
         Cancelling the caller does not cancel the append: once submitted, it completes."""
-        return await asyncio.shield(self._submit_append(list(entries)))
+        return await self._append_records([(e, encode(e)) for e in _unsequenced(entries)])
+
+    async def _append_records(self, records: list[tuple[Entry, bytes]]) -> int:
+        return await asyncio.shield(self._submit_append(records))
 
     async def record(
         self,
@@ -242,7 +245,7 @@ class HeadAudit:
         entry = self._own_entry(
             kind, outcome, rules, reasons, tenant, identity, node, inputs, policy, parent
         )
-        self._submit_append([entry]).add_done_callback(_log_failure)
+        self._submit_append([(entry, encode(entry))]).add_done_callback(_log_failure)
         return entry.id
 
     def _own_entry(
@@ -273,12 +276,12 @@ class HeadAudit:
             parent=parent,
         )
 
-    def _submit_append(self, entries: list[Entry]) -> asyncio.Future[int]:
+    def _submit_append(self, records: list[tuple[Entry, bytes]]) -> asyncio.Future[int]:
         if self._closed:
             raise AuditError("the head's audit log is closed")
         with self._queued_lock:
             self._queued_appends += 1
-        future = asyncio.get_running_loop().run_in_executor(self._thread, self._append, entries)
+        future = asyncio.get_running_loop().run_in_executor(self._thread, self._append, records)
         # A done callback, not code after an await: the followers wake even if whoever
         # asked for the append was cancelled meanwhile.
         future.add_done_callback(self._appended)
@@ -294,10 +297,10 @@ class HeadAudit:
             self._grown.set()
             self._grown = asyncio.Event()
 
-    def _append(self, entries: list[Entry]) -> int:
+    def _append(self, records: list[tuple[Entry, bytes]]) -> int:
         """On the audit thread: append, then sign unless another batch is queued."""
         try:
-            self._log.append(entries)
+            self._log.append_decoded(records)
         finally:
             with self._queued_lock:
                 self._queued_appends -= 1
@@ -329,17 +332,17 @@ class HeadAudit:
                 grpc.StatusCode.PERMISSION_DENIED,
                 f"{identity.uri} is not a node: it may not append",
             )
-        problem, entries = await self._on_thread(
+        problem, records = await self._on_thread(
             _check_records, list(request.entries), identity.name
         )
         if problem is not None:
             log.warning("refused audit records from %s: %s", identity.uri, problem)
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, problem)
         try:
-            size = await self.append(entries)
+            size = await self._append_records(records)
         except EntryError as error:
             # The one problem only the log can see: an id it holds with other content.
-            index = _index_named(entries, str(error))
+            index = _index_named([entry for entry, _ in records], str(error))
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"record {index}: {error}")
         except StoreError as error:
             await context.abort(grpc.StatusCode.DATA_LOSS, f"the audit log: {error}")
@@ -512,9 +515,12 @@ def _background_priority() -> None:
         os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), BACKGROUND_NICE)
 
 
-def _check_records(records: Sequence[bytes], node: str) -> tuple[str | None, list[Entry]]:
-    """The entries of a node's batch, or the first problem with it ("record <i>: ...")."""
-    entries: list[Entry] = []
+def _check_records(
+    records: Sequence[bytes], node: str
+) -> tuple[str | None, list[tuple[Entry, bytes]]]:
+    """The entries of a node's batch with their bytes, or the first problem with it
+    ("record <i>: ...")."""
+    entries: list[tuple[Entry, bytes]] = []
     seen: dict[str, int] = {}
     for index, data in enumerate(records):
         # (1) Exactly the canonical encoding of an entry (fabric.audit.decode is strict).
@@ -533,10 +539,14 @@ def _check_records(records: Sequence[bytes], node: str) -> tuple[str | None, lis
             return f"record {index}: its id {entry.id!r} does not start with {node + '/'!r}", []
         # (4) One id, one content, within the batch too.
         first = seen.setdefault(entry.id, index)
-        if first != index and entries[first] != entry:
+        if first != index and entries[first][0] != entry:
             return f"record {index}: it repeats the id of record {first} with other content", []
-        entries.append(entry)
+        entries.append((entry, data))
     return None, entries
+
+
+def _unsequenced(entries: Iterable[Entry]) -> list[Entry]:
+    return [e if e.seq == -1 else replace(e, seq=-1) for e in entries]
 
 
 def _log_failure(future: asyncio.Future[int]) -> None:
