@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, TypeAlias
 
 from fabric.cli._common import add_command
 from fabric.cli._head import add_head_args, head_stub, timeout
+from fabric.cli._policy_proofs import add_diff, add_verify
 
 if TYPE_CHECKING:
     Subparsers: TypeAlias = argparse._SubParsersAction[argparse.ArgumentParser]
@@ -34,7 +35,7 @@ def register(subparsers: Subparsers) -> None:
     policy = add_command(
         subparsers,
         "policy",
-        help="work with the tenancy policy: check, apply, show",
+        help="work with the tenancy policy: check, verify, diff, apply, show",
         description=_DESCRIPTION,
     )
     sub = policy.add_subparsers(dest="policy_command", metavar="COMMAND", required=True)
@@ -197,4 +198,10 @@ def _show(args: argparse.Namespace) -> int:
     return 0
 
 
-SUBCOMMANDS: list[Callable[[Subparsers], None]] = [_add_check, _add_apply, _add_show]
+SUBCOMMANDS: list[Callable[[Subparsers], None]] = [
+    _add_check,
+    add_verify,
+    add_diff,
+    _add_apply,
+    _add_show,
+]

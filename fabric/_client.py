@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from fabric import exceptions as exc
+from fabric._budget_wire import from_wire
 from fabric._object_store import StoreDirectory
 from fabric._proto import fabric_pb2 as pb
 from fabric._refs import ObjectRef
@@ -43,10 +44,18 @@ _ERRORS: dict[int, type[exc.FabricError]] = {
     pb.ErrorInfo.RESIDENCY_REFUSED: exc.ResidencyError,
     pb.ErrorInfo.QUOTA_EXCEEDED: exc.QuotaExceededError,
 }
+_BUDGET_ERRORS: dict[int, type[exc.BudgetExceededError]] = {
+    pb.ErrorInfo.BUDGET_EXCEEDED: exc.BudgetExceededError,
+    pb.ErrorInfo.BUDGET_REFUSED: exc.BudgetExceededError,
+    pb.ErrorInfo.ACTOR_DIED: exc.ActorBudgetExceededError,
+}
 
 
 def error_from_info(info: pb.ErrorInfo) -> exc.FabricError:
     """The typed error an `ErrorInfo` from the fabric stands for."""
+    if info.HasField("budget") and info.kind in _BUDGET_ERRORS:
+        b = info.budget
+        return _BUDGET_ERRORS[info.kind](info.message, b.budget, b.limit, b.measured)
     return _ERRORS.get(info.kind, exc.RaySystemError)(info.message)
 
 
@@ -91,6 +100,9 @@ class CoreClient:
         # Why the agent refuses puts under the tenant's default residency, if it does.
         self.policy_version = welcome.policy_version
         self.acknowledge_puts_from = welcome.acknowledge_puts_from
+        # The most one task or actor may ask for (the agent checks again at admission).
+        self.task_budget_limit = from_wire(welcome.task_budget_limit)
+        self.actor_budget_limit = from_wire(welcome.actor_budget_limit)
         self.is_worker = is_worker
         self.store: StoreDirectory | None = None
         if welcome.store_path and _shares_host(Path(welcome.store_path), welcome.node_id):

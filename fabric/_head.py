@@ -12,6 +12,7 @@ import asyncio
 import hashlib
 import logging
 import os
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -28,6 +29,7 @@ from fabric._launch import (
     until_terminated,
     write_ready_file,
 )
+from fabric._leases import BudgetLeases, UnknownBudgetError
 from fabric._pki import Credentials
 from fabric._policy_bundle import sign_policy
 from fabric._proto import fabric_pb2 as pb
@@ -50,6 +52,7 @@ ALLOWED_KINDS = {
     "/fabric.v1.Head/Status": frozenset({"node", "tenant", "operator"}),
     "/fabric.v1.Head/ApplyPolicy": frozenset({"operator"}),
     "/fabric.v1.Head/GetPolicy": frozenset({"node", "tenant", "operator"}),
+    "/fabric.v1.Head/LeaseBudget": frozenset({"node"}),
     **AUDIT_KINDS,
 }
 
@@ -153,6 +156,7 @@ class HeadService(rpc.HeadServicer):
         self.policy = policy
         self.signed = sign_policy(policy, creds)
         self.audit = HeadAudit.open(state_dir, origin=f"{creds.identity.trust_domain}/audit")
+        self.leases = BudgetLeases()
 
     def _claim_problem(self, policy: Policy, node_id: str, region: str) -> str | None:
         allowed = policy.claimable_regions(f"node/{node_id}")
@@ -277,6 +281,44 @@ class HeadService(rpc.HeadServicer):
         identity = await self.auth.identity_async(context)
         return await self.audit.AuditCheckpoint(request, context, identity)
 
+    async def LeaseBudget(
+        self, request: pb.BudgetLeaseRequest, context: grpc.aio.ServicerContext
+    ) -> pb.BudgetLease:
+        """A slice of a tenant's cluster-wide budget for the window; recorded before the
+        agent gets it (a grant short of what was asked means the window's budget is out)."""
+        identity = await self.auth.identity_async(context)
+        policy = self.policy
+        try:
+            grant = self.leases.grant(
+                policy, request.tenant, request.budget, request.want, time.time()
+            )
+        except UnknownBudgetError as error:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
+        if grant.limit:
+            short = grant.granted < request.want
+            await self.audit.record(
+                "budget.lease",
+                outcome="refuse" if short and not grant.granted else "allow",
+                rules=("budget.exhausted" if short else "budget.lease",),
+                reasons=(
+                    f"node {identity.name} asked for {request.want:g} more {request.budget} of "
+                    f"tenant {request.tenant!r} (it used {request.used:g} of its share): granted "
+                    f"{grant.granted:g}; {grant.leased:g} of {grant.limit:g} leased in window "
+                    f"{grant.window}",
+                ),
+                tenant=request.tenant,
+                identity=identity.uri,
+                policy=policy.version,
+            )
+        return pb.BudgetLease(
+            granted=grant.granted,
+            window=grant.window,
+            window_seconds=grant.window_seconds,
+            seconds_left=grant.seconds_left,
+            limit=grant.limit,
+            leased=grant.leased,
+        )
+
     async def Status(self, request: pb.Empty, context: grpc.aio.ServicerContext) -> pb.ClusterInfo:
         identity = await self.auth.identity_async(context)
         view = self.directory.view()
@@ -358,7 +400,7 @@ class HeadService(rpc.HeadServicer):
         tenant = self.policy.tenant_of(who)
         document = dict(self.policy.document)
         document["tenants"] = {tenant.name: document["tenants"][tenant.name]} if tenant else {}
-        for key in ("nodes", "roles"):
+        for key in ("nodes", "roles", "invariants"):  # invariants may name other tenants
             document.pop(key, None)
         return pb.SignedPolicy(version=self.policy.version, document=canonical_json(document))
 

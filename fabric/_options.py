@@ -6,8 +6,11 @@ import numbers
 from collections.abc import Mapping
 from typing import Any
 
+from fabric._budget_wire import to_wire
 from fabric._bundle_resources import PREFIX as BUNDLE_PREFIX
 from fabric._bundle_resources import task_resources
+from fabric.exceptions import BudgetExceededError
+from fabric.policy._budgets import Limits, format_limit, parse_limits
 from fabric.policy._labels import LabelSelectorError, parse_selector
 
 # Where work may run and where its results may live; the policy has the last word.
@@ -23,6 +26,7 @@ TASK_OPTIONS = frozenset(
         "max_retries",
         "retry_exceptions",
         "name",
+        "budget",
         *PLACEMENT_OPTIONS,
     }
 )
@@ -39,6 +43,7 @@ ACTOR_OPTIONS = frozenset(
         "namespace",
         "lifetime",
         "get_if_exists",
+        "budget",
         *PLACEMENT_OPTIONS,
     }
 )
@@ -122,6 +127,8 @@ def validate(options: Mapping[str, Any], allowed: frozenset[str], what: str) -> 
                 raise ValueError(str(e)) from None
         elif name == "scheduling_strategy":
             _scheduling_strategy(value)
+        elif name == "budget":
+            budget_of(value)
     if options.get("region") and "region" in (options.get("label_selector") or {}):
         raise ValueError("give either region= or label_selector={'region': ...}, not both")
     return dict(options)
@@ -137,6 +144,38 @@ def _scheduling_strategy(value: Any) -> None:
             "scheduling_strategy must be 'DEFAULT' or a PlacementGroupSchedulingStrategy, "
             f"got {value!r}"
         )
+
+
+def budget_of(value: Any) -> tuple[Limits, bool]:
+    """The limits and the retry flag of a ``budget=`` option: a mapping of cpu_seconds,
+    memory, wall_seconds, processes and retry. ValueError naming what is wrong."""
+    if not isinstance(value, Mapping):
+        raise ValueError(f"budget must be a dict such as {{'cpu_seconds': 30}}, got {value!r}")
+    limits = dict(value)
+    retry = limits.pop("retry", False)
+    if not isinstance(retry, bool):
+        raise ValueError(f"budget['retry'] must be a bool, got {retry!r}")
+    return parse_limits(limits, "budget"), retry
+
+
+def budget(options: Mapping[str, Any], spec: Any, ceiling: Limits, what: str) -> None:
+    """Copy the ``budget=`` option onto a TaskSpec, refusing (BudgetExceededError) a
+    budget above `ceiling`, the most the tenant's policy lets one task or actor have."""
+    if not options.get("budget"):
+        return
+    limits, retry = budget_of(options["budget"])
+    beyond = limits.beyond(ceiling)
+    if beyond is not None:
+        key, asked, most = beyond
+        raise BudgetExceededError(
+            f"{what} asks for a budget of {key} {format_limit(key, asked)}, more than the "
+            f"{format_limit(key, most)} the tenant's policy allows one "
+            f"{'actor' if what.startswith('actor') else 'task'} (rule budget.ceiling)",
+            f"{'actor' if what.startswith('actor') else 'task'}.{key}",
+            most,
+            asked,
+        )
+    spec.budget.CopyFrom(to_wire(limits, retry))
 
 
 def placement(options: Mapping[str, Any], spec: Any) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import inspect
 import json
@@ -112,6 +113,7 @@ class RemoteFunction:
             retry_exceptions=options["retry_exceptions"],
         )
         _options.placement(options, spec)
+        _options.budget(options, spec, client.task_budget_limit, f"task {self._name}")
         _encode_args(client, spec, self._name, args, kwargs)
         return _submit(client, spec, self._pickled.blob)
 
@@ -145,12 +147,17 @@ class ActorClass:
             options, _options.ACTOR_OPTIONS, f"actor class {cls.__name__}"
         )
         self._pickled = _Pickled(cls)
-        self._methods = _method_table(cls)
         self.__name__ = cls.__name__
         self.__doc__ = cls.__doc__
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (ActorClass, (self._cls, self._options))
+
+    @functools.cached_property
+    def _methods(self) -> dict[str, dict[str, Any]]:
+        # Read when first needed, not when made: unpickling a method that creates actors of
+        # its own class makes this object while the class is still an empty skeleton.
+        return _method_table(self._cls)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         raise TypeError(
@@ -206,6 +213,7 @@ class ActorClass:
             ),
         )
         _options.placement(options, spec)
+        _options.budget(options, spec, client.actor_budget_limit, f"actor {self.__name__}")
         _encode_args(client, spec, f"{self.__name__}.__init__", args, kwargs)
         ready = client.owned_ref(_return_id(spec.task_id, 0))
         # Ray raises at once when the name is taken: wait for the directory's answer.

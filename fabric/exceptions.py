@@ -158,5 +158,28 @@ class QuotaExceededError(FabricError):
     is used up; the message names the quota, its limit and what is held."""
 
 
+class BudgetExceededError(FabricError):
+    """The work consumed more than its budget and was stopped, or asked for more than the
+    tenant's policy allows, or the tenant's budget for the window is used up and nothing
+    more is admitted. `budget` names the budget (``"task.cpu_seconds"``,
+    ``"tenant.memory"``, ...), `limit` is its limit and `measured` what was measured or
+    asked for, in seconds, bytes or a count."""
+
+    def __init__(
+        self, message: str, budget: str = "", limit: float = 0.0, measured: float = 0.0
+    ) -> None:
+        super().__init__(message)
+        self.budget = budget
+        self.limit = limit
+        self.measured = measured
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (str(self), self.budget, self.limit, self.measured))
+
+
+class ActorBudgetExceededError(ActorDiedError, BudgetExceededError):
+    """A budget stopped the actor: this call, and every call after, fails with it."""
+
+
 class InvalidRequestError(FabricError, ValueError):
     """The fabric rejected a malformed or forbidden request."""

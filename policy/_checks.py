@@ -10,7 +10,8 @@ The steps, each reported in full:
    what was given, at the value it concerns, or at the key for an unknown key.
 3. The rules no schema can express: every name used is declared, an identity belongs to
    one tenant and has the kind its place needs, uids are unique, data classes do not
-   shadow regions, a tenant can run somewhere its data may live. These read data that
+   shadow regions, a tenant can run somewhere its data may live, invariants have unique
+   names and rules that type-check (``_expr.py``). These read data that
    may have failed the schema too, so each skips what lacks the shape it expects.
 
 A place reported by one step is not reported again by a later one: the earlier finding
@@ -31,6 +32,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import jsonschema
+from fabric.policy._expr import ExprErrors, Vocabulary, check
 from fabric.policy._model import ANY, Policy, ResidencyLabelError, describe_regions
 
 Location = tuple[str | int, ...]  # keys and list indexes from the document's root
@@ -46,6 +48,7 @@ class Finding:
     location: Location
     message: str
     at_key: bool = False  # point at the mapping key at `location`, not at its value
+    offset: int | None = None  # a character of the string at `location` (a rule's error)
 
 
 def check_document(document: Any, reported: Collection[Location] = ()) -> tuple[Any, list[Finding]]:
@@ -245,6 +248,7 @@ def _semantic_findings(document: Mapping[str, Any]) -> list[Finding]:
         *_check_nodes(document, names),
         *_check_tenants(document, names),
         *_check_roles(document),
+        *_check_invariants(document, names),
     ]
 
 
@@ -396,6 +400,38 @@ def _check_overlap(tenant: str, allow: Any, default: Any, names: _Names) -> Iter
         f"residency.default covers {describe_regions(data)}",
         at_key=True,
     )
+
+
+def _check_invariants(document: Mapping[str, Any], names: _Names) -> Iterator[Finding]:
+    """Names are unique, and each rule and guard parses and type-checks against the
+    names the document declares."""
+    tenants = _mapping(document.get("tenants"))
+    classes = {
+        label
+        for tenant in tenants.values()
+        for label in _mapping(_mapping(_mapping(tenant).get("residency")).get("classes"))
+    }
+    vocabulary = Vocabulary(names.regions, tuple(tenants), tuple(classes))
+    first: dict[str, int] = {}
+    for index, invariant in enumerate(_list(document.get("invariants"))):
+        invariant = _mapping(invariant)
+        name = invariant.get("name")
+        if isinstance(name, str):
+            earlier = first.setdefault(name, index)
+            if earlier != index:
+                at: Location = ("invariants", index, "name")
+                message = f"invariant {name!r} is already declared at invariants[{earlier}]"
+                yield Finding(at, f"{where(at)}{message}")
+        for key in ("rule", "when"):
+            text = invariant.get(key)
+            if not isinstance(text, str):
+                continue
+            at = ("invariants", index, key)
+            try:
+                check(text, vocabulary)
+            except ExprErrors as errors:
+                for error in errors.errors:
+                    yield Finding(at, f"{where(at)}{error.message}", offset=error.offset)
 
 
 def _names_or_any(value: Any) -> list[str]:

@@ -8,9 +8,11 @@ bad policy is never half-applied:
    given twice is an error (PyYAML's own loader keeps the last one silently).
 2. The data is checked as plain data (``_checks.py``): JSON types, the published JSON
    Schema, then the rules no schema can express. Each finding names a path in the
-   document; the positions recorded in (1) turn it into ``file:line:column``.
+   document; the positions recorded in (1) turn it into ``file:line:column`` (inside
+   an invariant's rule, the column of the character at fault).
 3. The checked copy is normalised (sizes in bytes, a single residency name as a list)
-   and becomes the policy's `document`, whose canonical JSON its version digests.
+   and becomes the policy's `document`, whose canonical JSON its version digests; its
+   invariants are compiled to evaluators (``_invariants.py``).
 
 Plain data from elsewhere (the canonical JSON a node agent receives from the head) goes
 through steps 2 and 3 in :func:`compile_policy`; its problems have no positions.
@@ -26,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from fabric.policy._budgets import build_budgets, normalise_budgets
 from fabric.policy._checks import (
     Finding,
     Location,
@@ -34,6 +37,7 @@ from fabric.policy._checks import (
     shown,
     where,
 )
+from fabric.policy._invariants import compile_invariants
 from fabric.policy._model import ANY, NodeClaim, Policy, Quotas, TenantPolicy
 
 from fabric.exceptions import FabricError
@@ -146,7 +150,10 @@ def _compile(
 
 
 def _place(finding: Finding, filename: str, marks: _Marks) -> Problem:
-    line, column = marks.at(finding.location, finding.at_key)
+    if finding.offset is not None:
+        line, column = marks.within(finding.location, finding.offset)
+    else:
+        line, column = marks.at(finding.location, finding.at_key)
     return Problem(filename, line, column, finding.message)
 
 
@@ -158,6 +165,7 @@ def _normalise(document: dict[str, Any]) -> dict[str, Any]:
         for key in ("memory", "object_store"):
             if isinstance(quotas.get(key), str):
                 quotas[key] = parse_size(quotas[key])
+        normalise_budgets(tenant.get("budgets", {}))
         residency = tenant.get("residency", {})
         if isinstance(residency.get("default"), str):
             residency["default"] = [residency["default"]]
@@ -198,6 +206,7 @@ def _build(document: dict[str, Any]) -> Policy:
                 memory=quotas.get("memory"),
                 object_store=quotas.get("object_store"),
             ),
+            budgets=build_budgets(spec.get("budgets", {})),
             uid=spec.get("uid"),
         )
     roles = document.get("roles", {})
@@ -211,6 +220,7 @@ def _build(document: dict[str, Any]) -> Policy:
         operators=frozenset(roles.get("operators", [])),
         auditors=frozenset(roles.get("auditors", [])),
         document=document,
+        invariants=compile_invariants(document.get("invariants", []), regions, tenants),
     )
 
 
@@ -231,6 +241,9 @@ class _Marks:
     def __init__(self) -> None:
         self.values: dict[Location, tuple[int, int]] = {}
         self.keys: dict[Location, tuple[int, int]] = {}
+        # Each string scalar's source: its start and end in `text`, style and value.
+        self.strings: dict[Location, tuple[int, int, str | None, str]] = {}
+        self.text = ""
 
     def at(self, location: Location, at_key: bool = False) -> tuple[int, int]:
         if at_key and location in self.keys:
@@ -241,6 +254,29 @@ class _Marks:
                 return (0, 0)
             location = location[:-1]
         return self.values[location]
+
+    def within(self, location: Location, offset: int) -> tuple[int, int]:
+        """Where character `offset` of the string at `location` is written. The source
+        spells the string with quotes, escapes, folds or indentation around its
+        characters: they are matched in order; where they cannot be, the string's start."""
+        if location not in self.strings or not self.strings[location][3]:
+            return self.at(location)
+        start, end, style, value = self.strings[location]
+        if style in ("'", '"'):
+            start += 1
+        elif style in ("|", ">"):
+            start = self.text.find("\n", start, end) + 1  # after the header line
+        index, past = start, 0
+        for char in value[: offset + 1]:
+            found = self.text.find(char, index, end)
+            if found < 0:
+                return self.at(location)
+            index = found + 1
+        if offset >= len(value):
+            past = offset - len(value) + 1  # the end of the string: after its last character
+        index -= 1
+        line = self.text.count("\n", 0, index) + 1
+        return line, index - self.text.rfind("\n", 0, index) + past
 
 
 def _position(mark: yaml.Mark) -> tuple[int, int]:
@@ -273,6 +309,7 @@ class _Tree:
                     [Problem(filename, 1, 1, "the policy is empty: expected a mapping")]
                 )
             tree = cls(loader, filename)
+            tree.marks.text = text
             tree.data = tree.value(root, ())
             return tree
         finally:
@@ -285,7 +322,11 @@ class _Tree:
             raise PolicyError(self.problems)
         self.marks.values[location] = _position(node.start_mark)
         if isinstance(node, yaml.ScalarNode):
-            return self.loader.construct_object(node, deep=True)
+            value = self.loader.construct_object(node, deep=True)
+            if isinstance(value, str):
+                span = (node.start_mark.index, node.end_mark.index, node.style, value)
+                self.marks.strings[location] = span
+            return value
         expected = _MAP_TAG if isinstance(node, yaml.MappingNode) else _SEQ_TAG
         if node.tag != expected:
             tag = node.tag.replace("tag:yaml.org,2002:", "!!")

@@ -15,7 +15,12 @@ import hashlib
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+from fabric.policy._budgets import Budgets
+
+if TYPE_CHECKING:
+    from fabric.policy._invariants import Invariant
 
 Regions = frozenset[str] | None  # None: unrestricted (the open default policy only)
 
@@ -44,6 +49,7 @@ class TenantPolicy:
     # Driver locations (regions) that may receive any of its data whatever its residency.
     export_regions: frozenset[str] = frozenset()
     quotas: Quotas = Quotas()
+    budgets: Budgets = field(default_factory=Budgets)
     uid: int | None = None  # the uid its workers run under, when the agent separates uids
 
 
@@ -67,6 +73,8 @@ class Policy:
     # The validated document as plain data: what is signed, distributed and digested.
     document: Mapping[str, Any] = field(default_factory=dict)
     open: bool = False  # the default policy: every identity is its own tenant, anywhere
+    # What must never happen, checked before each dispatch (compiled from `document`).
+    invariants: tuple[Invariant, ...] = ()
 
     @functools.cached_property
     def version(self) -> str:

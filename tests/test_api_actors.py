@@ -182,3 +182,16 @@ def test_actor_method_errors_reraise_as_both_types() -> None:
         fabric.get(r.fail.remote())
     assert isinstance(info.value, fe.TaskError)
     assert "Raiser.fail" in str(info.value) and "missing key" in str(info.value)
+
+
+@fabric.remote
+class Nested:
+    def depth(self, level: int) -> int:
+        if level == 0:
+            return 0
+        child = Nested.remote()  # an actor of its own class, made inside a method
+        return 1 + fabric.get(child.depth.remote(level - 1))
+
+
+def test_an_actor_method_creates_actors_of_its_own_class() -> None:
+    assert fabric.get(Nested.remote().depth.remote(2), timeout=60) == 2

@@ -125,6 +125,7 @@ async def serve(args: argparse.Namespace) -> None:
         peers=peers,
         directory=head,
     )
+    node.start_budgets()
     head.node = node
     node.on_load_change = head.changed.set
     gate = None

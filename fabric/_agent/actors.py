@@ -69,7 +69,7 @@ class Actors(Dispatch):
             if self._may_run_at(task, node):
                 self._forward(task, node)
             return
-        self._fail(task, actor_gone(actor_id))
+        self._fail(task, self.refused_actors.get(key) or actor_gone(actor_id))
 
     def _may_run_at(self, task: TaskEntry, node_id: str) -> bool:
         """Whether an actor call's inputs may go to the actor's node; fails it if not."""
@@ -134,7 +134,9 @@ class Actors(Dispatch):
     def _spawn_actor_worker(self, actor: ActorEntry) -> None:
         async def spawn() -> None:
             try:
-                worker = await self._spawn(actor.tenant, actor.creation.spec.actor_id)
+                spec = actor.creation.spec
+                budget = spec.budget if spec.HasField("budget") else None
+                worker = await self._spawn(actor.tenant, spec.actor_id, budget)
             except Exception as e:
                 self._actor_dead(
                     actor, error_info(E.ACTOR_DIED, f"could not start the actor's worker: {e}")
@@ -200,12 +202,19 @@ class Actors(Dispatch):
             actor.inflight[task.task_id] = task
             self._execute(task, actor.worker)
 
-    def _actor_worker_died(self, worker: Worker, reason: str) -> None:
+    def _actor_worker_died(
+        self, worker: Worker, reason: str, stopped: pb.ErrorInfo | None = None
+    ) -> None:
+        """`stopped`: the error a budget stopped the actor with (it restarts only when its
+        budget says ``retry``)."""
         actor = self.actors.get((worker.tenant, worker.actor_id))
         if actor is None or actor.worker is not worker:
             return
         actor.worker = None
         if actor.state is ActorState.DEAD:
+            return
+        if stopped is not None and not actor.creation.spec.budget.retry:
+            self._actor_dead(actor, stopped)
             return
         if actor.restarts_left != 0 and actor.state is not ActorState.STARTING:
             actor.restarts_left -= 1
@@ -237,6 +246,10 @@ class Actors(Dispatch):
         first_start = actor.state is ActorState.STARTING
         actor.state = ActorState.DEAD
         actor.death = error
+        # A dead actor no longer counts against its owner's actors quota.
+        owner = self.sessions.get(actor.creation.origin_session)
+        if owner is not None and owner.tenant == actor.tenant:
+            owner.owned_actors.pop(actor.creation.spec.actor_id, None)
         for task in [*actor.inflight.values(), *actor.queued]:
             self._fail(task, error)
         actor.inflight.clear()

@@ -12,6 +12,7 @@ act on it wait until it is durable (`durability.py`).
 
 from __future__ import annotations
 
+import collections
 import json
 import logging
 import time
@@ -41,6 +42,7 @@ from fabric.policy._model import OPEN_POLICY, Policy
 log = logging.getLogger("fabric._agent.node")
 
 E = pb.ErrorInfo
+REFUSED_ACTORS_KEPT = 4096
 Key = tuple[str, bytes]  # (tenant, id)
 MAX_RETURNS = 10_000
 MAX_HOPS = 2
@@ -62,13 +64,17 @@ class Peers(Protocol):
 
 
 class Directory(Protocol):
-    """The head's actor directory."""
+    """The head's actor directory, and its leases of tenants' cluster-wide budgets."""
 
     async def register_actor(self, info: pb.ActorInfo) -> pb.ErrorInfo | None: ...
 
     async def remove_actor(self, tenant: str, actor_id: bytes) -> None: ...
 
     async def lookup_actor(self, tenant: str, namespace: str, name: str) -> pb.ActorInfo | None: ...
+
+    async def lease_budget(
+        self, tenant: str, budget: str, want: float, used: float
+    ) -> pb.BudgetLease: ...
 
 
 def error_info(kind: pb.ErrorInfo.Kind, message: str) -> pb.ErrorInfo:
@@ -147,6 +153,9 @@ class AgentBase:
         self.actors: dict[Key, ActorEntry] = {}  # hosted here
         self.actor_locations: dict[Key, str] = {}  # actors created through this node
         self.actor_pending: dict[Key, list[TaskEntry]] = {}  # calls before placement
+        # Actors whose creation was refused: their calls fail with the refusal (the newest
+        # REFUSED_ACTORS_KEPT are kept).
+        self.refused_actors: collections.OrderedDict[Key, pb.ErrorInfo] = collections.OrderedDict()
         self.sent: dict[str, list[tuple[float, Shape]]] = {}  # recent forwards per peer
         self.nodes: dict[str, pb.NodeInfo] = {}
         self.view_version = 0

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING
 
 from fabric._agent.base import (
@@ -45,7 +45,16 @@ class Dispatch(Results):
         def _actor_placed(self, tenant: str, actor_id: bytes, node_id: str) -> None: ...
         def _start_actor(self, task: TaskEntry) -> None: ...
         def _actor_started(self, task: TaskEntry, result: pb.TaskResult) -> None: ...
-        def _actor_worker_died(self, worker: Worker, reason: str) -> None: ...
+        def _actor_worker_died(
+            self, worker: Worker, reason: str, error: pb.ErrorInfo | None = None
+        ) -> None: ...
+        # Defined by budgets.py.
+        def _budget_worker_spawned(self, worker: Worker, budget: pb.Budget | None) -> None: ...
+        def _budget_task_current(self, worker: Worker) -> None: ...
+        def _budget_worker_exited(self, worker: Worker) -> pb.ErrorInfo | None: ...
+
+        _watches: Mapping[int, object]
+
         def open_session(
             self,
             tenant: str,
@@ -429,6 +438,8 @@ class Dispatch(Results):
             execute.spec.function_blob = self.functions.get((spec.tenant, digest), b"")
             worker.seen_digests.add(digest)
         worker.send(pb.ToWorker(execute=execute), needs=task.audit_needed)
+        if len(worker.running) == 1 and spec.HasField("budget"):
+            self._budget_task_current(worker)
 
     def _spawn_pool_worker(self, tenant: str) -> None:
         self.starting[tenant] = self.starting.get(tenant, 0) + 1
@@ -445,11 +456,14 @@ class Dispatch(Results):
 
         asyncio.get_running_loop().create_task(spawn())
 
-    async def _spawn(self, tenant: str, actor_id: bytes = b"") -> Worker:
+    async def _spawn(
+        self, tenant: str, actor_id: bytes = b"", budget: pb.Budget | None = None
+    ) -> Worker:
         directory = self.store.tenant_directory(tenant)
         worker = await self.launcher.spawn(
             tenant, directory.directory, self.handle_worker, self._worker_exited, actor_id
         )
+        self._budget_worker_spawned(worker, budget)
         session = self.open_session(tenant, "", f"worker:{worker.pid}", _worker_sender(worker))
         session.worker = worker
         worker.session_id = session.session_id
@@ -508,11 +522,12 @@ class Dispatch(Results):
             if code is not None and code < 0
             else f"worker process {worker.pid} exited with code {code}"
         )
+        stopped = self._budget_worker_exited(worker)
         session = self.sessions.get(worker.session_id)
         if session is not None:
             self.close_session(session)
         if worker.actor_id:
-            self._actor_worker_died(worker, reason)
+            self._actor_worker_died(worker, reason, stopped)
             return
         pool = self.workers.get(worker.tenant, [])
         if worker in pool:
@@ -521,10 +536,23 @@ class Dispatch(Results):
         if worker in idle:
             idle.remove(worker)
         self._end_lease(worker)
-        for task in list(worker.running.values()):
+        for position, task in enumerate(list(worker.running.values())):
             assert isinstance(task, TaskEntry)
             task.worker = None
-            if task.cancelled:
+            if stopped is not None and position > 0:
+                # Queued behind the task a budget stopped: it never ran, so it is no retry.
+                task.state = TaskState.WAITING
+                self.queues.commit(task)
+                self.queues.push(task, front=True)
+            elif stopped is not None:
+                if task.spec.budget.retry and task.retries_left != 0:
+                    task.retries_left -= 1
+                    task.state = TaskState.WAITING
+                    self.queues.commit(task)
+                    self.queues.push(task)
+                else:
+                    self._fail(task, stopped)
+            elif task.cancelled:
                 self._fail(task, error_info(E.TASK_CANCELLED, "the task was cancelled"))
             elif task.retries_left != 0:
                 task.retries_left -= 1
@@ -555,6 +583,8 @@ class Dispatch(Results):
             if not worker.running:
                 self._end_lease(worker)
                 self._worker_idle(worker)
+            if spec.HasField("budget") or (worker.running and self._watches):
+                self._budget_task_current(worker)
         else:
             actor = self.actors.get((spec.tenant, spec.actor_id))
             if actor is not None:

@@ -7,10 +7,12 @@ import asyncio
 import os
 import time
 from collections.abc import Callable
+from dataclasses import replace
 
 from fabric._agent.base import (
     JOIN_GRACE,
     MAX_RETURNS,
+    REFUSED_ACTORS_KEPT,
     E,
     error_info,
     refusal,
@@ -30,6 +32,7 @@ from fabric._agent.state import (
     TaskState,
     return_id,
 )
+from fabric._budget_wire import from_wire, to_wire
 from fabric._bundle_resources import name_problem as bundle_name_problem
 from fabric._object_store import ObjectStoreError
 from fabric._proto import fabric_pb2 as pb
@@ -38,10 +41,17 @@ from fabric._serialization import (
     SerializationError,
 )
 from fabric._views import only_own
-from fabric.policy import Outcome
+from fabric.policy import Budgets, Decision, Outcome
 from fabric.policy._admission import Usage, admission_refusal, decide_admission
+from fabric.policy._budget_decisions import decide_budget
 from fabric.policy._labels import LabelSelectorError, parse_selector
-from fabric.policy._model import ResidencyLabelError, decode_regions, encode_regions, intersect
+from fabric.policy._model import (
+    ResidencyLabelError,
+    TenantPolicy,
+    decode_regions,
+    encode_regions,
+    intersect,
+)
 
 
 class NodeAgent(Bundles):
@@ -64,10 +74,14 @@ class NodeAgent(Bundles):
             and not self.starting.get(tenant)
         ):
             self._spawn_pool_worker(tenant)  # warm: the first task should not wait for a fork
+        if not self.policy.open and not identity.startswith("worker:"):
+            self.lease_prefetch(tenant)
         return session
 
     def welcome(self, session: Session) -> pb.Welcome:
         directory = self.store.tenant_directory(session.tenant)
+        owner = self.policy.tenant(session.tenant)
+        budgets = owner.budgets if owner is not None else Budgets()
         return pb.Welcome(
             node_id=self.node_id,
             tenant=session.tenant,
@@ -78,6 +92,8 @@ class NodeAgent(Bundles):
             local_socket=self.local_socket,
             policy_version=self.policy.version,
             acknowledge_puts_from=self._acknowledge_puts_from(session.tenant),
+            task_budget_limit=to_wire(budgets.task),
+            actor_budget_limit=to_wire(budgets.actor),
         )
 
     def _acknowledge_puts_from(self, tenant: str) -> int:
@@ -165,6 +181,8 @@ class NodeAgent(Bundles):
         spec.job_id = session.job_id
         spec.caller_id = session.session_id.to_bytes(8, "big")
         spec.hops = 0
+        if self.park_for_lease(session, spec, request_id):
+            return  # admitted, or refused, once the head has answered for its budget
         spec.audit_parent = self._parent_entry(session, spec)
         if spec.function_blob:
             self.functions[(tenant, spec.function_digest)] = spec.function_blob
@@ -185,6 +203,10 @@ class NodeAgent(Bundles):
         if error is None:
             error = self._admit(session, spec)
         if error is not None:
+            if spec.kind == pb.ACTOR_CREATION and error.kind != E.INVALID_REQUEST:
+                self.refused_actors[(tenant, spec.actor_id)] = error
+                if len(self.refused_actors) > REFUSED_ACTORS_KEPT:
+                    self.refused_actors.popitem(last=False)
             # Nothing is recorded: the refused ids may belong to entries that stand.
             self._reply(session, request_id, pb.Reply(error=error))
             for index in range(min(spec.num_returns, MAX_RETURNS)):
@@ -195,6 +217,8 @@ class NodeAgent(Bundles):
                 )
             return
         task = TaskEntry(spec, origin_session=session.session_id, admitted=True)
+        if spec.kind == pb.NORMAL_TASK and not self.policy.open:
+            self.task_admitted(tenant)
         usage = self.usage.setdefault(tenant, Usage())
         usage.tasks += 1
         usage.add(spec.resources)
@@ -258,6 +282,15 @@ class NodeAgent(Bundles):
         spec.residency = encode_regions(residency)
         if policy.open:
             return None
+        budgeted, breach = self._budget_decision(tenant, spec)
+        if budgeted is not None and budgeted.outcome is Outcome.REFUSE:
+            spec.audit_parent = self._record(
+                budgeted, spec, kind="admit", parent=spec.audit_parent, session=session
+            )
+            error = refusal(E.BUDGET_REFUSED, budgeted)
+            if breach is not None:
+                error.budget.CopyFrom(breach)
+            return error
         creation = spec.kind == pb.ACTOR_CREATION
         usage = self._usage(session.tenant, actors=creation)
         asked = {"tasks": 1, "actors": 1 if creation else 0, "resources": spec.resources}
@@ -265,12 +298,43 @@ class NodeAgent(Bundles):
             if self.on_decision is None and self.recorder is None:
                 return None  # admitted; nobody records the decision, so none is made
         decision = decide_admission(policy, session.tenant, usage, **asked)
+        if budgeted is not None and decision.outcome is Outcome.ADMIT:
+            decision = replace(
+                decision,
+                rule_ids=decision.rule_ids + budgeted.rule_ids,
+                reasons=decision.reasons + budgeted.reasons,
+            )
         spec.audit_parent = self._record(
             decision, spec, kind="admit", parent=spec.audit_parent, session=session
         )
         if decision.outcome is Outcome.REFUSE:
             return refusal(E.QUOTA_EXCEEDED, decision)
         return None
+
+    def _budget_decision(
+        self, tenant: TenantPolicy, spec: pb.TaskSpec
+    ) -> tuple[Decision | None, pb.BudgetBreach | None]:
+        """The budget a task or actor runs under, written into its spec, as a Decision (and
+        what a refusal broke); None when no budget bounds it (nothing to decide or watch)."""
+        if spec.kind not in (pb.NORMAL_TASK, pb.ACTOR_CREATION):
+            return None, None
+        kind = "actor" if spec.kind == pb.ACTOR_CREATION else "task"
+        asked = from_wire(spec.budget)
+        ceiling = getattr(tenant.budgets, kind)
+        exhausted = self.budget_exhausted(tenant.name) if kind == "task" else None
+        if not asked.bounded and not ceiling.bounded and exhausted is None:
+            spec.ClearField("budget")
+            return None, None
+        decision, effective = decide_budget(self.policy, tenant.name, kind, asked, exhausted)
+        spec.budget.CopyFrom(to_wire(effective, spec.budget.retry))
+        beyond = asked.beyond(ceiling)
+        if beyond is not None:
+            key, value, most = beyond
+            return decision, pb.BudgetBreach(budget=f"{kind}.{key}", limit=most, measured=value)
+        if exhausted is not None:
+            name, limit, used = exhausted
+            return decision, pb.BudgetBreach(budget=f"tenant.{name}", limit=limit, measured=used)
+        return decision, None
 
     def _usage(self, tenant: str, *, actors: bool = False) -> Usage:
         """What `tenant` holds here; its live actors are counted only when asked (an
@@ -508,6 +572,7 @@ class NodeAgent(Bundles):
         for actor in self.actors.values():
             if actor.worker is not None:
                 actor.worker.kill()
+        self.close_budgets()
 
 
 def _validate_spec(spec: pb.TaskSpec) -> str | None:

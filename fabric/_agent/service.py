@@ -361,6 +361,12 @@ class HeadLink:
             return pb.ErrorInfo(kind=kind, message=e.details() or str(e.code()))
         return None
 
+    async def lease_budget(
+        self, tenant: str, budget: str, want: float, used: float
+    ) -> pb.BudgetLease:
+        request = pb.BudgetLeaseRequest(tenant=tenant, budget=budget, want=want, used=used)
+        return await self.stub.LeaseBudget(request, timeout=10)
+
     async def remove_actor(self, tenant: str, actor_id: bytes) -> None:
         try:
             await self.stub.RemoveActor(

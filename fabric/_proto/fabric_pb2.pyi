@@ -17,7 +17,7 @@ ACTOR_CREATION: TaskKind
 ACTOR_TASK: TaskKind
 
 class ErrorInfo(_message.Message):
-    __slots__ = ("kind", "message")
+    __slots__ = ("kind", "message", "budget")
     class Kind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
         __slots__ = ()
         UNKNOWN: _ClassVar[ErrorInfo.Kind]
@@ -34,6 +34,8 @@ class ErrorInfo(_message.Message):
         ACTOR_NOT_FOUND: _ClassVar[ErrorInfo.Kind]
         RESIDENCY_REFUSED: _ClassVar[ErrorInfo.Kind]
         QUOTA_EXCEEDED: _ClassVar[ErrorInfo.Kind]
+        BUDGET_EXCEEDED: _ClassVar[ErrorInfo.Kind]
+        BUDGET_REFUSED: _ClassVar[ErrorInfo.Kind]
     UNKNOWN: ErrorInfo.Kind
     WORKER_CRASHED: ErrorInfo.Kind
     ACTOR_DIED: ErrorInfo.Kind
@@ -48,11 +50,39 @@ class ErrorInfo(_message.Message):
     ACTOR_NOT_FOUND: ErrorInfo.Kind
     RESIDENCY_REFUSED: ErrorInfo.Kind
     QUOTA_EXCEEDED: ErrorInfo.Kind
+    BUDGET_EXCEEDED: ErrorInfo.Kind
+    BUDGET_REFUSED: ErrorInfo.Kind
     KIND_FIELD_NUMBER: _ClassVar[int]
     MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    BUDGET_FIELD_NUMBER: _ClassVar[int]
     kind: ErrorInfo.Kind
     message: str
-    def __init__(self, kind: _Optional[_Union[ErrorInfo.Kind, str]] = ..., message: _Optional[str] = ...) -> None: ...
+    budget: BudgetBreach
+    def __init__(self, kind: _Optional[_Union[ErrorInfo.Kind, str]] = ..., message: _Optional[str] = ..., budget: _Optional[_Union[BudgetBreach, _Mapping]] = ...) -> None: ...
+
+class BudgetBreach(_message.Message):
+    __slots__ = ("budget", "limit", "measured")
+    BUDGET_FIELD_NUMBER: _ClassVar[int]
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
+    MEASURED_FIELD_NUMBER: _ClassVar[int]
+    budget: str
+    limit: float
+    measured: float
+    def __init__(self, budget: _Optional[str] = ..., limit: _Optional[float] = ..., measured: _Optional[float] = ...) -> None: ...
+
+class Budget(_message.Message):
+    __slots__ = ("cpu_seconds", "memory", "wall_seconds", "processes", "retry")
+    CPU_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    MEMORY_FIELD_NUMBER: _ClassVar[int]
+    WALL_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    PROCESSES_FIELD_NUMBER: _ClassVar[int]
+    RETRY_FIELD_NUMBER: _ClassVar[int]
+    cpu_seconds: float
+    memory: int
+    wall_seconds: float
+    processes: int
+    retry: bool
+    def __init__(self, cpu_seconds: _Optional[float] = ..., memory: _Optional[int] = ..., wall_seconds: _Optional[float] = ..., processes: _Optional[int] = ..., retry: _Optional[bool] = ...) -> None: ...
 
 class Arg(_message.Message):
     __slots__ = ("keyword", "object_id", "inline_blob", "owner_node", "residency")
@@ -89,7 +119,7 @@ class ActorOptions(_message.Message):
     def __init__(self, max_restarts: _Optional[int] = ..., max_task_retries: _Optional[int] = ..., max_concurrency: _Optional[int] = ..., name: _Optional[str] = ..., namespace: _Optional[str] = ..., detached: _Optional[bool] = ..., class_name: _Optional[str] = ..., handle_meta: _Optional[str] = ...) -> None: ...
 
 class TaskSpec(_message.Message):
-    __slots__ = ("task_id", "kind", "function_digest", "function_blob", "function_name", "args", "num_returns", "resources", "max_retries", "retry_exceptions", "actor_id", "method_name", "sequence_no", "actor_options", "parent_task_id", "owner_node", "tenant", "job_id", "caller_id", "actor_node", "hops", "label_selector", "residency_label", "residency", "policy_version", "audit_parent")
+    __slots__ = ("task_id", "kind", "function_digest", "function_blob", "function_name", "args", "num_returns", "resources", "max_retries", "retry_exceptions", "actor_id", "method_name", "sequence_no", "actor_options", "parent_task_id", "owner_node", "tenant", "job_id", "caller_id", "actor_node", "hops", "label_selector", "residency_label", "residency", "policy_version", "audit_parent", "budget")
     class ResourcesEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -130,6 +160,7 @@ class TaskSpec(_message.Message):
     RESIDENCY_FIELD_NUMBER: _ClassVar[int]
     POLICY_VERSION_FIELD_NUMBER: _ClassVar[int]
     AUDIT_PARENT_FIELD_NUMBER: _ClassVar[int]
+    BUDGET_FIELD_NUMBER: _ClassVar[int]
     task_id: bytes
     kind: TaskKind
     function_digest: bytes
@@ -156,7 +187,8 @@ class TaskSpec(_message.Message):
     residency: str
     policy_version: str
     audit_parent: str
-    def __init__(self, task_id: _Optional[bytes] = ..., kind: _Optional[_Union[TaskKind, str]] = ..., function_digest: _Optional[bytes] = ..., function_blob: _Optional[bytes] = ..., function_name: _Optional[str] = ..., args: _Optional[_Iterable[_Union[Arg, _Mapping]]] = ..., num_returns: _Optional[int] = ..., resources: _Optional[_Mapping[str, float]] = ..., max_retries: _Optional[int] = ..., retry_exceptions: _Optional[bool] = ..., actor_id: _Optional[bytes] = ..., method_name: _Optional[str] = ..., sequence_no: _Optional[int] = ..., actor_options: _Optional[_Union[ActorOptions, _Mapping]] = ..., parent_task_id: _Optional[bytes] = ..., owner_node: _Optional[str] = ..., tenant: _Optional[str] = ..., job_id: _Optional[bytes] = ..., caller_id: _Optional[bytes] = ..., actor_node: _Optional[str] = ..., hops: _Optional[int] = ..., label_selector: _Optional[_Mapping[str, str]] = ..., residency_label: _Optional[str] = ..., residency: _Optional[str] = ..., policy_version: _Optional[str] = ..., audit_parent: _Optional[str] = ...) -> None: ...
+    budget: Budget
+    def __init__(self, task_id: _Optional[bytes] = ..., kind: _Optional[_Union[TaskKind, str]] = ..., function_digest: _Optional[bytes] = ..., function_blob: _Optional[bytes] = ..., function_name: _Optional[str] = ..., args: _Optional[_Iterable[_Union[Arg, _Mapping]]] = ..., num_returns: _Optional[int] = ..., resources: _Optional[_Mapping[str, float]] = ..., max_retries: _Optional[int] = ..., retry_exceptions: _Optional[bool] = ..., actor_id: _Optional[bytes] = ..., method_name: _Optional[str] = ..., sequence_no: _Optional[int] = ..., actor_options: _Optional[_Union[ActorOptions, _Mapping]] = ..., parent_task_id: _Optional[bytes] = ..., owner_node: _Optional[str] = ..., tenant: _Optional[str] = ..., job_id: _Optional[bytes] = ..., caller_id: _Optional[bytes] = ..., actor_node: _Optional[str] = ..., hops: _Optional[int] = ..., label_selector: _Optional[_Mapping[str, str]] = ..., residency_label: _Optional[str] = ..., residency: _Optional[str] = ..., policy_version: _Optional[str] = ..., audit_parent: _Optional[str] = ..., budget: _Optional[_Union[Budget, _Mapping]] = ...) -> None: ...
 
 class Hello(_message.Message):
     __slots__ = ("namespace", "host_token")
@@ -167,7 +199,7 @@ class Hello(_message.Message):
     def __init__(self, namespace: _Optional[str] = ..., host_token: _Optional[str] = ...) -> None: ...
 
 class Welcome(_message.Message):
-    __slots__ = ("node_id", "tenant", "job_id", "store_path", "namespace", "region", "local_socket", "policy_version", "acknowledge_puts_from")
+    __slots__ = ("node_id", "tenant", "job_id", "store_path", "namespace", "region", "local_socket", "policy_version", "acknowledge_puts_from", "task_budget_limit", "actor_budget_limit")
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     TENANT_FIELD_NUMBER: _ClassVar[int]
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
@@ -177,6 +209,8 @@ class Welcome(_message.Message):
     LOCAL_SOCKET_FIELD_NUMBER: _ClassVar[int]
     POLICY_VERSION_FIELD_NUMBER: _ClassVar[int]
     ACKNOWLEDGE_PUTS_FROM_FIELD_NUMBER: _ClassVar[int]
+    TASK_BUDGET_LIMIT_FIELD_NUMBER: _ClassVar[int]
+    ACTOR_BUDGET_LIMIT_FIELD_NUMBER: _ClassVar[int]
     node_id: str
     tenant: str
     job_id: bytes
@@ -186,7 +220,9 @@ class Welcome(_message.Message):
     local_socket: str
     policy_version: str
     acknowledge_puts_from: int
-    def __init__(self, node_id: _Optional[str] = ..., tenant: _Optional[str] = ..., job_id: _Optional[bytes] = ..., store_path: _Optional[str] = ..., namespace: _Optional[str] = ..., region: _Optional[str] = ..., local_socket: _Optional[str] = ..., policy_version: _Optional[str] = ..., acknowledge_puts_from: _Optional[int] = ...) -> None: ...
+    task_budget_limit: Budget
+    actor_budget_limit: Budget
+    def __init__(self, node_id: _Optional[str] = ..., tenant: _Optional[str] = ..., job_id: _Optional[bytes] = ..., store_path: _Optional[str] = ..., namespace: _Optional[str] = ..., region: _Optional[str] = ..., local_socket: _Optional[str] = ..., policy_version: _Optional[str] = ..., acknowledge_puts_from: _Optional[int] = ..., task_budget_limit: _Optional[_Union[Budget, _Mapping]] = ..., actor_budget_limit: _Optional[_Union[Budget, _Mapping]] = ...) -> None: ...
 
 class Subscribe(_message.Message):
     __slots__ = ("object_ids",)
@@ -911,3 +947,31 @@ class AuditCheckpointReply(_message.Message):
     vkey: str
     consistency: _containers.RepeatedScalarFieldContainer[bytes]
     def __init__(self, checkpoint: _Optional[str] = ..., vkey: _Optional[str] = ..., consistency: _Optional[_Iterable[bytes]] = ...) -> None: ...
+
+class BudgetLeaseRequest(_message.Message):
+    __slots__ = ("tenant", "budget", "want", "used")
+    TENANT_FIELD_NUMBER: _ClassVar[int]
+    BUDGET_FIELD_NUMBER: _ClassVar[int]
+    WANT_FIELD_NUMBER: _ClassVar[int]
+    USED_FIELD_NUMBER: _ClassVar[int]
+    tenant: str
+    budget: str
+    want: float
+    used: float
+    def __init__(self, tenant: _Optional[str] = ..., budget: _Optional[str] = ..., want: _Optional[float] = ..., used: _Optional[float] = ...) -> None: ...
+
+class BudgetLease(_message.Message):
+    __slots__ = ("granted", "window", "window_seconds", "seconds_left", "limit", "leased")
+    GRANTED_FIELD_NUMBER: _ClassVar[int]
+    WINDOW_FIELD_NUMBER: _ClassVar[int]
+    WINDOW_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    SECONDS_LEFT_FIELD_NUMBER: _ClassVar[int]
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
+    LEASED_FIELD_NUMBER: _ClassVar[int]
+    granted: float
+    window: int
+    window_seconds: float
+    seconds_left: float
+    limit: float
+    leased: float
+    def __init__(self, granted: _Optional[float] = ..., window: _Optional[int] = ..., window_seconds: _Optional[float] = ..., seconds_left: _Optional[float] = ..., limit: _Optional[float] = ..., leased: _Optional[float] = ...) -> None: ...

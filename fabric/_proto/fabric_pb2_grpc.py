@@ -89,6 +89,11 @@ class HeadStub:
                 request_serializer=fabric__pb2.AuditCheckpointRequest.SerializeToString,
                 response_deserializer=fabric__pb2.AuditCheckpointReply.FromString,
                 _registered_method=True)
+        self.LeaseBudget = channel.unary_unary(
+                '/fabric.v1.Head/LeaseBudget',
+                request_serializer=fabric__pb2.BudgetLeaseRequest.SerializeToString,
+                response_deserializer=fabric__pb2.BudgetLease.FromString,
+                _registered_method=True)
 
 
 class HeadServicer:
@@ -167,6 +172,13 @@ class HeadServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def LeaseBudget(self, request, context):
+        """Nodes: a slice of a tenant's cluster-wide budget for the current window.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_HeadServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -224,6 +236,11 @@ def add_HeadServicer_to_server(servicer, server):
                     servicer.AuditCheckpoint,
                     request_deserializer=fabric__pb2.AuditCheckpointRequest.FromString,
                     response_serializer=fabric__pb2.AuditCheckpointReply.SerializeToString,
+            ),
+            'LeaseBudget': grpc.unary_unary_rpc_method_handler(
+                    servicer.LeaseBudget,
+                    request_deserializer=fabric__pb2.BudgetLeaseRequest.FromString,
+                    response_serializer=fabric__pb2.BudgetLease.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -523,6 +540,33 @@ class Head:
             '/fabric.v1.Head/AuditCheckpoint',
             fabric__pb2.AuditCheckpointRequest.SerializeToString,
             fabric__pb2.AuditCheckpointReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def LeaseBudget(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fabric.v1.Head/LeaseBudget',
+            fabric__pb2.BudgetLeaseRequest.SerializeToString,
+            fabric__pb2.BudgetLease.FromString,
             options,
             channel_credentials,
             insecure,
