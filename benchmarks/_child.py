@@ -33,7 +33,7 @@ from benchmarks import workloads
 
 # Fabric as a tenant gets it out of the box, Fabric under a two-tenant policy, Fabric with
 # its audit log off (a baseline only), and Ray.
-VARIANTS = ("fabric", "fabric-policy", "fabric-noaudit", "ray")
+VARIANTS = ("fabric", "fabric-policy", "fabric-budget", "fabric-noaudit", "ray")
 # Both systems get the same two CPUs, so scheduling parallelism is equal.
 NUM_CPUS = 2
 
@@ -105,6 +105,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.system == "fabric-policy":
             governed = _governed_cluster()
+        elif args.system == "fabric-budget":
+            governed = _governed_cluster(BUDGETS)
         elif args.system == "fabric-noaudit":
             governed = _unaudited_cluster()
         # importlib rather than ``import fabric as ray`` / ``import ray``: the
@@ -144,17 +146,43 @@ def _unaudited_cluster() -> Any:
 POLICY = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
 
 
-def _governed_cluster() -> Any:
+# Budgets for alice in the "fabric-budget" variant: every task runs under a budget the
+# monitor arms and checks, and her CPU seconds and tasks are leased from the head.
+BUDGETS = {
+    "cpu_seconds": 100000,
+    "window": "1h",
+    "total_tasks": 10000000,
+    "memory": "16GiB",
+    "processes": 1000,
+    "task": {"cpu_seconds": 60, "memory": "4GiB", "wall_seconds": 600, "processes": 64},
+    "actor": {"memory": "4GiB"},
+}
+
+
+def _governed_cluster(budgets: dict[str, Any] | None = None) -> Any:
     """The same one-node, two-CPU cluster as the embedded default, but under the
     two-tenant, three-region policy, with the driver connected as tenant alice (whose
     data must stay in the EU): every submit, placement, put and get goes through the
-    policy's admission, residency and region rules. `init()` then connects to it."""
+    policy's admission, residency and region rules. `init()` then connects to it.
+    With `budgets`, alice has those budgets too."""
+    import tempfile
+
+    import yaml
+
     from fabric._cluster import LocalCluster, NodeSpec
 
+    policy = os.path.join(POLICY, "policy-two-tenants.yaml")
+    if budgets is not None:
+        with open(policy) as source:
+            document = yaml.safe_load(source)
+        document["tenants"]["alice"]["budgets"] = budgets
+        handle, policy = tempfile.mkstemp(suffix=".yaml", prefix="fabric-bench-policy-")
+        with os.fdopen(handle, "w") as out:
+            yaml.safe_dump(document, out)
     cluster = LocalCluster(
         [NodeSpec("eu-west-1", "eu-west", {"CPU": float(NUM_CPUS)})],
         tenants=["alice", "bob"],
-        policy=os.path.join(POLICY, "policy-two-tenants.yaml"),
+        policy=policy,
     )
     cluster.start()
     os.environ["FABRIC_ADDRESS"] = cluster.agent_addresses["eu-west-1"]

@@ -7,12 +7,13 @@ For each mode (cgroups where this machine has writable ones; none: rlimits and /
 it starts `--n` runaway processes one after another, each in its own group (or watched by
 pid), next to `--idle` watched sleepers:
 
-- busy: spins past a CPU-seconds budget. It reads its own CPU time (the counter the
-  monitor reads) and writes the CLOCK_MONOTONIC moment it crosses the budget to its pipe.
+- busy: spins past a CPU-seconds budget, writing (CLOCK_MONOTONIC, its own CPU time) to
+  its pipe about every millisecond of CPU. With what the monitor counted just before
+  "go", that places the moment its CPU, as the monitor counts it, crossed the budget.
 - balloon: allocates 1 MiB chunks at `--rate-mb` MiB/s past a memory budget, writing a
   timestamp before each allocation and its resident size after it. The breach is the
-  first report above the budget, or, when the kernel killed it mid-allocation (a memory
-  cgroup holds the budget itself), the start of the last allocation.
+  first report above the budget, or, when it was killed mid-allocation (by the kernel,
+  when a memory cgroup holds the budget itself), the start of the last allocation.
 
 Latency is from that moment to waitpid() returning in this process. The table also
 shows the monitor's own estimate (`elapsed_since_breach_estimate`) and who acted first.

@@ -2,12 +2,14 @@
 cluster with and without it, rounds interleaved, medians printed side by side with the
 overhead.
 
-    python -m benchmarks.overhead policy|audit [--rounds N] [--only a,b] [--quick]
+    python -m benchmarks.overhead policy|audit|budget [--rounds N] [--only a,b] [--quick]
 
 `policy`: the open default policy against the two-tenant, three-region policy
 (`configs/policy-two-tenants.yaml`, the driver connected as tenant alice, whose data must
 stay in the EU). `audit`: agents that record no decisions against the default, where every
 decision is journaled (fsync'd) before it is acted on and forwarded to the head's log.
+`budget`: the two-tenant policy against the same policy with budgets for alice (every task
+armed and watched by the budget monitor, CPU seconds and tasks leased from the head).
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ DEFAULT_BENCHMARKS = "task_sync,task_batch,actor_batch,put_get_small"
 COMPARISONS = {
     "policy": (("fabric", "default policy"), ("fabric-policy", "2 tenants, 3 regions")),
     "audit": (("fabric-noaudit", "audit off"), ("fabric", "audit on")),
+    "budget": (("fabric-policy", "no budgets"), ("fabric-budget", "budgets")),
 }
 
 

@@ -26,6 +26,8 @@ from fabric.cli._common import (
     parse_resources,
 )
 
+from fabric import _reporting as reporting
+
 if TYPE_CHECKING:
     import psutil
 
@@ -87,6 +89,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     start.add_argument("--labels", help='agent: JSON or KEY=VALUE,..., e.g. "zone=a"')
     start.add_argument("--node-id", metavar="ID", help="agent: node id (default: the hostname)")
+    reporting.add_args(start)
     _state_dir_option(start)
     start.add_argument(
         "--foreground", action="store_true", help="run in the foreground (exec) instead"
@@ -133,7 +136,8 @@ def _state_dir_option(parser: argparse.ArgumentParser) -> None:
 
 
 def _start(args: argparse.Namespace) -> int:
-    from fabric._cluster import HEAD_NAME, agent_command, head_command
+    from fabric._cluster import HEAD_NAME, Observability, agent_command, head_command
+    from fabric._tracing import TracingConfigError, normalize
 
     state_dir: Path = args.state_dir.expanduser().resolve()
     if args.head:
@@ -157,14 +161,29 @@ def _start(args: argparse.Namespace) -> int:
 
     # The process outlives this command and keeps no notion of its working directory.
     certs = args.certs.resolve()
+    try:
+        traces = normalize(args.traces) if args.traces is not None else None
+    except TracingConfigError as e:
+        raise CommandError(str(e)) from None
+    observability = Observability(args.metrics_port, args.metrics_host, traces)
     ready_file = state_dir / "run" / f"{name}.ready.json"
     if args.head:
         listen = args.listen or DEFAULT_HEAD_LISTEN
-        cmd = head_command(listen, certs, ready_file, state_dir=state_dir / "head")
+        cmd = head_command(
+            listen, certs, ready_file, state_dir=state_dir / "head", observability=observability
+        )
     else:
         listen = args.listen or DEFAULT_AGENT_LISTEN
         cmd = agent_command(
-            args.address, listen, certs, node_id, args.region, resources, labels, ready_file
+            args.address,
+            listen,
+            certs,
+            node_id,
+            args.region,
+            resources,
+            labels,
+            ready_file,
+            observability=observability,
         )
 
     if args.foreground:

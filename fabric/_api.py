@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, overload
 
-from fabric import _state
+from fabric import _state, _tracing
 from fabric._client import CoreClient
 from fabric._proto import fabric_pb2 as pb
 from fabric._refs import ObjectRef
@@ -57,6 +57,7 @@ def init(
     certs: str | os.PathLike[str] | None = None,
     identity: str | None = None,
     ignore_reinit_error: bool = False,
+    tracing: str | None = None,
     **ray_options: Any,
 ) -> RuntimeContext:
     """Connect this process to a Fabric cluster as a tenant driver.
@@ -65,6 +66,10 @@ def init(
     and one node agent as separate processes, with their own CA and certificates. With an
     address ``HOST:PORT`` of a node agent, authenticate with the tenant certificate named
     by ``identity`` (``tenant/NAME``) in the ``certs`` directory.
+
+    ``tracing`` (default: ``FABRIC_TRACES``, else off) exports OpenTelemetry spans of the
+    tasks this driver submits: ``console``, ``otlp``, ``memory`` or ``file:DIR`` (see
+    ``fabric/_tracing.py``); an embedded cluster's processes trace likewise.
     """
     global _cluster
     unknown = sorted(set(ray_options) - _IGNORED_INIT_ARGS)
@@ -81,12 +86,16 @@ def init(
         from fabric._driver import connect
         from fabric._launch import load_credentials
 
+        traces = _tracing.normalize(
+            tracing if tracing is not None else os.environ.get(_tracing.ENV)
+        )
+        _tracing.configure(traces, role="driver")
         address = address or os.environ.get("FABRIC_ADDRESS")
         if address in (None, "", "local"):
             from fabric._cluster import LocalCluster, NodeSpec
 
             cpus = float(num_cpus if num_cpus is not None else (os.cpu_count() or 1))
-            cluster = LocalCluster([NodeSpec("node-1", "local", {"CPU": cpus})])
+            cluster = LocalCluster([NodeSpec("node-1", "local", {"CPU": cpus})], traces=traces)
             cluster.start()
             _cluster = cluster
             creds_dir = cluster.certs_dir

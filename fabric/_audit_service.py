@@ -52,6 +52,7 @@ import grpc
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from fabric import _metrics
 from fabric._pki import Identity
 from fabric._proto import fabric_pb2 as pb
 from fabric.audit import (
@@ -300,7 +301,9 @@ class HeadAudit:
     def _append(self, records: list[tuple[Entry, bytes]]) -> int:
         """On the audit thread: append, then sign unless another batch is queued."""
         try:
+            started = time.perf_counter()
             self._log.append_decoded(records)
+            _metrics.audit_appended(time.perf_counter() - started, len(records))
         finally:
             with self._queued_lock:
                 self._queued_appends -= 1

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+from fabric import _tracing
 from fabric import exceptions as exc
 from fabric._budget_wire import from_wire
 from fabric._object_store import StoreDirectory
@@ -53,6 +54,8 @@ _BUDGET_ERRORS: dict[int, type[exc.BudgetExceededError]] = {
 
 def error_from_info(info: pb.ErrorInfo) -> exc.FabricError:
     """The typed error an `ErrorInfo` from the fabric stands for."""
+    if info.kind == pb.ErrorInfo.INVARIANT_VIOLATED:
+        return exc.InvariantViolationError(info.message, info.invariant)
     if info.HasField("budget") and info.kind in _BUDGET_ERRORS:
         b = info.budget
         return _BUDGET_ERRORS[info.kind](info.message, b.budget, b.limit, b.measured)
@@ -225,6 +228,8 @@ class CoreClient:
             spec.function_blob = function_blob()
             self._sent_digests.add(spec.function_digest)
         spec.parent_task_id = self.current_task_id
+        if _tracing.ON:
+            _tracing.submitted(spec, self.tenant, self.node_id, in_worker=self.is_worker)
         if wait:
             self.request(pb.ClientMessage(submit=spec), timeout=60)
         else:

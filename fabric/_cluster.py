@@ -22,6 +22,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -41,6 +42,7 @@ __all__ = [
     "Launch",
     "LocalCluster",
     "NodeSpec",
+    "Observability",
     "Ready",
     "agent_command",
     "head_command",
@@ -107,6 +109,27 @@ class Ready:
     node_id: str
 
 
+@dataclass(frozen=True)
+class Observability:
+    """How a head or agent process reports: a metrics endpoint (port 0: none) and the
+    traces it (and an agent's workers) exports (``fabric._tracing.MODES``; None: as
+    ``FABRIC_TRACES`` says)."""
+
+    metrics_port: int = 0
+    metrics_host: str | None = None
+    traces: str | None = None
+
+    def flags(self) -> list[str]:
+        flags = []
+        if self.metrics_port:
+            flags += ["--metrics-port", str(self.metrics_port)]
+            if self.metrics_host is not None:
+                flags += ["--metrics-host", self.metrics_host]
+        if self.traces is not None:
+            flags += ["--traces", self.traces]
+        return flags
+
+
 @dataclass
 class Launch:
     """A started process whose ready file has not necessarily appeared yet."""
@@ -128,6 +151,7 @@ def head_command(
     ready_file: Path,
     state_dir: Path | None = None,
     policy: Path | None = None,
+    observability: Observability | None = None,
 ) -> list[str]:
     """The command line of a head process (``python -m fabric._head ...``)."""
     cmd = [
@@ -147,6 +171,8 @@ def head_command(
         cmd += ["--state-dir", str(state_dir)]
     if policy is not None:
         cmd += ["--policy", str(policy)]
+    if observability is not None:
+        cmd += observability.flags()
     return cmd
 
 
@@ -162,6 +188,7 @@ def agent_command(
     store_root: Path | None = None,
     state_dir: Path | None = None,
     audit: bool = True,
+    observability: Observability | None = None,
 ) -> list[str]:
     """The command line of a node agent process (``python -m fabric._agent ...``)."""
     extra = ["--store-root", str(store_root)] if store_root is not None else []
@@ -169,6 +196,8 @@ def agent_command(
         extra += ["--state-dir", str(state_dir)]
     if not audit:
         extra.append("--no-audit")
+    if observability is not None:
+        extra += observability.flags()
     return [
         sys.executable,
         "-m",
@@ -418,6 +447,13 @@ def terminate(processes: Iterable[subprocess.Popen[bytes]], grace: float = STOP_
 # ----------------------------------------------------------------------------- the cluster
 
 
+def _free_port(host: str) -> int:
+    """A port of `host` free now (the process it is handed to binds it moments later)."""
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
 def _default_nodes() -> list[NodeSpec]:
     return [NodeSpec("node-1", "local", {"CPU": float(os.cpu_count() or 1)})]
 
@@ -444,9 +480,16 @@ class LocalCluster:
         host: str = "127.0.0.1",
         policy: Path | str | None = None,
         audit: bool = True,
+        metrics: bool = False,
+        traces: str | None = None,
     ) -> None:
         # False only to measure what recording decisions costs: agents then record nothing.
         self.audit = audit
+        # With metrics, the head and every agent serve them on a free port of `host`
+        # (`metrics_addresses`); `traces` is each process's FABRIC_TRACES (None: inherited).
+        self.metrics = metrics
+        self.traces = traces
+        self.metrics_addresses: dict[str, str] = {}
         # A tenancy policy YAML the head starts under; None: the open default policy.
         self.policy = Path(policy) if policy is not None else None
         self._store_root: Path | None = None
@@ -572,6 +615,7 @@ class LocalCluster:
                 self._ready_path(HEAD_NAME),
                 state_dir=self.base_dir / HEAD_NAME,
                 policy=self.policy,
+                observability=self._observability(HEAD_NAME),
             ),
             lifeline=True,
         )
@@ -616,10 +660,18 @@ class LocalCluster:
                 self._store_root,
                 state_dir=self.base_dir / spec.node_id,
                 audit=self.audit,
+                observability=self._observability(spec.node_id),
             )
             release(agents[spec.node_id], cmd, lifeline=True)
         ready = wait_ready(agents.values(), timeout, since=since)
         self.agent_addresses = {spec.node_id: ready[spec.node_id].address for spec in self.nodes}
+
+    def _observability(self, name: str) -> Observability:
+        port = 0
+        if self.metrics:
+            port = _free_port(self.host)
+            self.metrics_addresses[name] = f"{self.host}:{port}"
+        return Observability(metrics_port=port, metrics_host=self.host, traces=self.traces)
 
     def _issue(self, ca: CertificateAuthority, kind: str, name: str) -> None:
         self._credentials[(kind, name)] = ca.issue(kind, name)

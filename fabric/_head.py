@@ -18,6 +18,7 @@ from pathlib import Path
 
 import grpc
 
+from fabric import _reporting as reporting
 from fabric._audit_service import ALLOWED_KINDS as AUDIT_KINDS
 from fabric._audit_service import HeadAudit
 from fabric._launch import (
@@ -435,6 +436,12 @@ async def serve(args: argparse.Namespace) -> None:
         save_policy(args.state_dir, args.policy.read_text())
     server, auth, address = secure_server(args.listen, creds, ALLOWED_KINDS)
     service = HeadService(auth, creds, policy, args.state_dir)
+    metrics = reporting.start_metrics(args, "head", creds.identity.name)
+    if metrics is not None:
+        directory = service.directory
+        metrics.gauge(
+            "fabric_nodes", "Nodes registered with the head.", lambda: len(directory.nodes)
+        )
     auth.on_refusal = lambda reason: service.audit.record_nowait(
         "cert.refuse", outcome="refuse", rules=("tls.peer",), reasons=(reason,)
     )
@@ -454,9 +461,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--ready-file", type=Path)
     parser.add_argument("--state-dir", type=Path, help="where the head keeps its state")
     parser.add_argument("--policy", type=Path, help="a policy YAML file to start under")
+    reporting.add_args(parser)
     args = parser.parse_args(argv)
     setup_logging(f"head[{args.identity}]")
     try:
+        reporting.start_tracing(args, "head", args.identity.partition("/")[2])
         asyncio.run(serve(args))
     except FabricError as e:
         fail(e.diagnostics())

@@ -22,7 +22,8 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from fabric import _state
+from fabric import _state, _tracing
+from fabric._agent.rlimits import apply_rlimits_from_env
 from fabric._client import CoreClient
 from fabric._proto import fabric_pb2 as pb
 from fabric._serialization import (
@@ -32,7 +33,7 @@ from fabric._serialization import (
     serialize,
     serialize_error,
 )
-from fabric.exceptions import TaskCancelledError, TaskError
+from fabric.exceptions import FabricError, TaskCancelledError, TaskError
 
 _LEN = struct.Struct("<I")
 
@@ -112,6 +113,7 @@ class Worker:
                     self._hand_back(self._drain_queued())
         finally:
             # The agent is gone: nothing of ours can be delivered any more.
+            _tracing.flush()  # os._exit skips what would flush spans at exit
             os._exit(0)
 
     def on_blocked(self, blocked: bool) -> list[bytes]:
@@ -204,6 +206,10 @@ class Worker:
         method = getattr(self.actor, spec.method_name)
         return method(*args, **kwargs)
 
+    def _call_traced(self, execute: pb.ExecuteTask) -> Any:
+        """`_call` inside the task's ``fabric.execute`` span (while tracing is on)."""
+        return _tracing.traced_call(execute.spec, self._call, execute)
+
     def _setup_concurrency(self, cls: type, max_concurrency: int) -> None:
         is_async = any(
             inspect.iscoroutinefunction(m) for _, m in inspect.getmembers(cls, inspect.isfunction)
@@ -227,7 +233,7 @@ class Worker:
         self.main_task_id = spec.task_id
         try:
             try:
-                result = self._call(execute)
+                result = self._call_traced(execute) if _tracing.ON else self._call(execute)
             finally:
                 self.main_task_id = b""
             self._send_result(spec, result)
@@ -247,19 +253,20 @@ class Worker:
 
             async def call() -> Any:
                 async with semaphore:
-                    args, kwargs = self._resolve(execute)
-                    assert method is not None
-                    result = method(*args, **kwargs)
-                    if inspect.isawaitable(result):
-                        result = await result
-                    return result
+                    with _tracing.executing(spec):
+                        args, kwargs = self._resolve(execute)
+                        assert method is not None
+                        result = method(*args, **kwargs)
+                        if inspect.isawaitable(result):
+                            result = await result
+                        return result
 
             future = asyncio.run_coroutine_threadsafe(call(), self.loop)
             self.async_futures[spec.task_id] = future
             future.add_done_callback(lambda f: self._finish_future(spec, f))
         else:
             assert self.pool is not None
-            future2 = self.pool.submit(self._call, execute)
+            future2 = self.pool.submit(self._call_traced if _tracing.ON else self._call, execute)
             future2.add_done_callback(lambda f: self._finish_future(spec, f))
 
     def _finish_future(self, spec: pb.TaskSpec, future: Future[Any]) -> None:
@@ -331,6 +338,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--store-dir", type=Path, required=True)
     parser.add_argument("--region", default="")
     args = parser.parse_args(argv)
+    apply_rlimits_from_env()  # before any tenant code: a worker that cannot take them exits
+    try:
+        _tracing.configure(
+            os.environ.get(_tracing.ENV), role="worker", node=args.node_id, tenant=args.tenant
+        )
+    except (FabricError, OSError) as e:
+        print(f"fabric: tracing is off in this worker: {e}", file=sys.stderr)
     sock = socket.socket(fileno=args.fd)
     channel = LocalChannel(sock)
     welcome = pb.Welcome(

@@ -181,5 +181,18 @@ class ActorBudgetExceededError(ActorDiedError, BudgetExceededError):
     """A budget stopped the actor: this call, and every call after, fails with it."""
 
 
+class InvariantViolationError(FabricError):
+    """A declared invariant of the policy (or an operator's invariant hook) refused the
+    dispatch before it happened. `invariant` names it; the message also gives the values
+    that broke it, the rule and the policy version."""
+
+    def __init__(self, message: str, invariant: str = "") -> None:
+        super().__init__(message)
+        self.invariant = invariant
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (str(self), self.invariant))
+
+
 class InvalidRequestError(FabricError, ValueError):
     """The fabric rejected a malformed or forbidden request."""

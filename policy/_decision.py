@@ -71,6 +71,8 @@ class PlacementRequest:
     pinned_node_id: str | None = None  # an actor's calls go where the actor lives
     # Nodes the request came through: sending it back would make a loop.
     excluded_node_ids: frozenset[str] = frozenset()
+    # Nodes it may not go to at all, local or not (e.g. those a declared invariant forbids).
+    forbidden_node_ids: frozenset[str] = frozenset()
     # Regions its inputs (and so its results) may live in; None: anywhere.
     data_regions: Regions = None
     selector: LabelSelector = NO_SELECTOR
@@ -105,7 +107,8 @@ def _digest(request: PlacementRequest, view_version: int, policy: Policy) -> str
     h.update(
         f"\0{request.local_node_id}\0{request.pinned_node_id}\0{view_version}"
         f"\0{policy.version}\0{encode_regions(request.data_regions)}\0{request.selector}"
-        f"\0{','.join(sorted(request.excluded_node_ids))}".encode()
+        f"\0{','.join(sorted(request.excluded_node_ids))}"
+        f"\0{','.join(sorted(request.forbidden_node_ids))}".encode()
     )
     return h.hexdigest()
 
@@ -164,11 +167,13 @@ def decide_placement(
     def eligible(n: NodeView) -> bool:
         if regions is not None and n.region not in regions:
             return False
+        if n.node_id in request.forbidden_node_ids:
+            return False
         return not selector or selector.matches({**n.labels, "region": n.region})
 
     if request.pinned_node_id is not None:
         pinned = next((n for n in nodes if n.node_id == request.pinned_node_id), None)
-        if pinned is None or not pinned.alive:
+        if pinned is None or not pinned.alive or pinned.node_id in request.forbidden_node_ids:
             return decide(
                 Outcome.REFUSE, None, RULE_NODE_GONE, f"node {request.pinned_node_id} is gone"
             )

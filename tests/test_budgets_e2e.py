@@ -149,6 +149,9 @@ class Beside:
             assert fabric.get([add.remote(i, i) for i in range(20)], timeout=TIMEOUT) == [
                 2 * i for i in range(20)
             ]
+            # The agent and the head are well: the agent's view, fresh from the head, has
+            # its node alive.
+            assert [n["Alive"] for n in fabric.nodes()] == [True]
 
     def close(self) -> None:
         with acting_as(self.client):
@@ -477,3 +480,42 @@ def _alive(pid: int) -> bool:
 def test_budget_wire_round_trip() -> None:
     limits = Limits(cpu_seconds=1.5, memory=3, wall_seconds=2.0, processes=4)
     assert fabric._budget_wire.from_wire(to_wire(limits)) == limits
+
+
+@fabric.remote
+def rlimits() -> dict[str, tuple[int, int]]:
+    import resource
+
+    return {
+        name: resource.getrlimit(getattr(resource, name))
+        for name in ("RLIMIT_CORE", "RLIMIT_CPU", "RLIMIT_DATA")
+    }
+
+
+@fabric.remote
+class Limited:
+    def rlimits(self) -> dict[str, tuple[int, int]]:
+        return fabric.get(rlimits.remote())  # a task's, for comparison
+
+    def own(self) -> dict[str, tuple[int, int]]:
+        import resource
+
+        return {"RLIMIT_CPU": resource.getrlimit(resource.RLIMIT_CPU)}
+
+
+def test_workers_carry_rlimits_behind_the_monitor(alice: CoreClient) -> None:
+    import resource
+
+    with acting_as(alice):
+        pooled = fabric.get(rlimits.remote(), timeout=TIMEOUT)
+        actor = Limited.options(budget={"cpu_seconds": 20, "memory": "512MiB"}).remote()
+        own = fabric.get(actor.own.remote(), timeout=TIMEOUT)
+        fabric.kill(actor)
+    assert pooled["RLIMIT_CORE"] == (0, 0)  # no tenant memory in core dumps
+    # A pooled worker's memory backstop is the tenant's ceiling for one task (1 GiB), with
+    # headroom; its CPU is counted per task by the monitor, not by the kernel.
+    soft, _ = pooled["RLIMIT_DATA"]
+    assert 1 << 30 < soft <= 3 << 30
+    assert pooled["RLIMIT_CPU"][0] == resource.RLIM_INFINITY
+    soft, hard = own["RLIMIT_CPU"]
+    assert 20 < soft <= 25 and hard == soft + 1

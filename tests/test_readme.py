@@ -35,6 +35,10 @@ def test_python_examples_run(index: int, tmp_path: Path) -> None:
         assert "[0, 1, 4, 9, 16, 25, 36, 49, 64, 81]" in result.stdout
     if "parse.remote" in code:
         assert "ValueError: invalid literal for int()" in result.stdout
+    if 'tracing="console"' in code:
+        assert '"name": "fabric.submit"' in result.stdout and "\n42\n" in result.stdout
+    if "budget=" in code:
+        assert result.stdout.split() == ["task.cpu_seconds", "1.0", "3"]
 
 
 def test_cluster_walkthrough_runs(tmp_path: Path) -> None:
@@ -89,8 +93,23 @@ def test_policy_commands_run() -> None:
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "configs/policy-two-tenants.yaml: ok" in result.stdout
+    assert "proved: health-stays-in-eu" in result.stdout
     assert "REFUSED (PlacementRefusedError)" in result.stdout
     assert "rule residency.driver-outside" in result.stdout
+
+
+def test_the_yaml_examples_are_valid_policy_parts() -> None:
+    """The README's policy fragments, put in a policy of their own, load as written."""
+    import yaml
+    from fabric.policy import load_policy_text
+
+    budgets, invariants = (yaml.safe_load(block) for block in _blocks("yaml")[:2])
+    document = yaml.safe_load((README.parent / "configs" / "policy-two-tenants.yaml").read_text())
+    document["tenants"]["alice"]["budgets"] = budgets["tenants"]["alice"]["budgets"]
+    document["invariants"] = invariants["invariants"]
+    policy = load_policy_text(yaml.safe_dump(document), "README.md")
+    assert policy.tenants["alice"].budgets.task.wall_seconds == 600.0
+    assert [i.name for i in policy.invariants] == ["health-on-confidential"]
 
 
 def test_the_documented_policy_error_is_the_one_printed(tmp_path: Path) -> None:

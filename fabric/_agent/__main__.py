@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib
 import json
 import logging
 import os
 import secrets
 from pathlib import Path
 
+from fabric import _reporting as reporting
 from fabric._agent.durability import DurableGate, install
 from fabric._agent.isolation import separate_uids_unavailable, tenant_uid
 from fabric._agent.journal import Journal
@@ -56,7 +58,28 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         action="store_true",
         help="do not record decisions (for measuring what recording costs; never in use)",
     )
+    parser.add_argument(
+        "--invariant-hooks",
+        action="append",
+        default=[m for m in os.environ.get(HOOKS_ENV, "").split(",") if m],
+        metavar="MODULE",
+        help="import MODULE, which registers invariant hooks with "
+        f"fabric.policy.register_invariant_hook (repeatable; also ${HOOKS_ENV}, comma-separated)",
+    )
+    reporting.add_args(parser)
     return parser.parse_args(argv)
+
+
+HOOKS_ENV = "FABRIC_INVARIANT_HOOKS"
+
+
+def _load_hooks(modules: list[str]) -> None:
+    for name in modules:
+        try:
+            importlib.import_module(name)
+        except Exception as e:  # the agent must not run without the checks it was given
+            fail(f"cannot load invariant hooks from {name!r}: {type(e).__name__}: {e}")
+        log.info("invariant hooks loaded from %s", name)
 
 
 def _resources(text: str) -> dict[str, float]:
@@ -125,6 +148,12 @@ async def serve(args: argparse.Namespace) -> None:
         peers=peers,
         directory=head,
     )
+    _load_hooks(args.invariant_hooks)
+    metrics = reporting.start_metrics(args, "agent", node_id, args.region)
+    if metrics is not None:
+        metrics.gauge_by_tenant(
+            "fabric_object_store_bytes", "Bytes in this node's object store.", store.bytes_by_tenant
+        )
     node.start_budgets()
     head.node = node
     node.on_load_change = head.changed.set
@@ -190,6 +219,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     setup_logging(f"agent[{args.identity}]")
     try:
+        reporting.start_tracing(args, "agent", args.identity.partition("/")[2])
         asyncio.run(serve(args))
     except FabricError as e:
         fail(e.diagnostics())

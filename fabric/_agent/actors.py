@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 
+from fabric import _metrics
 from fabric._agent.base import (
     MAX_ACTOR_HOPS,
     E,
@@ -109,8 +110,10 @@ class Actors(Dispatch):
             )
             return
         self.actors[(spec.tenant, spec.actor_id)] = actor
+        _metrics.actor_created(spec.tenant)
         actor.resources = dict(spec.resources)
         actor.residency = task.residency
+        actor.classes = task.classes
         options = spec.actor_options
         if options.name:
             info = pb.ActorInfo(
@@ -181,6 +184,10 @@ class Actors(Dispatch):
             return
         if not self._may_run_at(task, self.node_id):
             return
+        refused = self._task_refusal(task, self.node_id)
+        if refused is not None:
+            self._fail(task, refused)
+            return
         task.state = TaskState.WAITING
         actor.queued.append(task)
         self._prepare_args(task, lambda: self._pump_actor(actor))
@@ -219,6 +226,7 @@ class Actors(Dispatch):
         if actor.restarts_left != 0 and actor.state is not ActorState.STARTING:
             actor.restarts_left -= 1
             actor.state = ActorState.RESTARTING
+            _metrics.actor_restarted(actor.tenant)
             retry: list[TaskEntry] = []
             for task in actor.inflight.values():
                 if task.retries_left != 0:
@@ -246,6 +254,7 @@ class Actors(Dispatch):
         first_start = actor.state is ActorState.STARTING
         actor.state = ActorState.DEAD
         actor.death = error
+        _metrics.actor_died(actor.tenant)
         # A dead actor no longer counts against its owner's actors quota.
         owner = self.sessions.get(actor.creation.origin_session)
         if owner is not None and owner.tenant == actor.tenant:

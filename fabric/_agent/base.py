@@ -19,6 +19,7 @@ import time
 from collections.abc import Callable
 from typing import Protocol
 
+from fabric import _metrics
 from fabric._agent.recorder import Recorder
 from fabric._agent.scheduler import LocalQueues, Shape
 from fabric._agent.state import (
@@ -96,6 +97,7 @@ def unknown_object(object_id: bytes) -> pb.ErrorInfo:
 
 def refusal(kind: pb.ErrorInfo.Kind, decision: Decision) -> pb.ErrorInfo:
     """The error a refused request gets: why, and the rule and policy that decided it."""
+    _metrics.residency_refused(decision.rule_ids)
     return error_info(
         kind,
         f"{'; '.join(decision.reasons)} [rule {', '.join(decision.rule_ids)}, "

@@ -24,6 +24,8 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
+import ctypes
 import functools
 import logging
 import os
@@ -31,19 +33,21 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from fabric import _metrics
+from fabric._agent import procfs
 from fabric._agent.actors import Actors
 from fabric._agent.base import E, error_info
 from fabric._agent.budget_errors import BudgetError
 from fabric._agent.leases import Ledger, Supply
 from fabric._agent.limits import Budget, KernelLimits, WorkerGroup, detect_kernel_limits
-from fabric._agent.limits import Limits as KernelLimitValues
 from fabric._agent.monitor import BudgetBreach, BudgetMonitor
+from fabric._agent.rlimits import plan_rlimits
 from fabric._agent.state import Session, TaskEntry
 from fabric._agent.workers import Worker, WorkerState
 from fabric._budget_wire import from_wire
 from fabric._leases import LEASED
 from fabric._proto import fabric_pb2 as pb
-from fabric.policy import Limits
+from fabric.policy import Decision, Limits
 from fabric.policy._budget_decisions import decide_stop
 from fabric.policy._budgets import format_limit
 
@@ -52,6 +56,8 @@ log = logging.getLogger(__name__)
 BUDGET_INTERVAL = 0.05  # seconds between samples of a watched worker
 TENANT_CHECK_INTERVAL = 0.1  # seconds between checks of tenants' per-node sums
 LEASE_RETRY = 0.5  # seconds before asking an unreachable head for a lease again
+ORPHAN_REAP_DELAY = 0.5  # seconds after a worker exits: its killed tree has died by then
+PR_SET_CHILD_SUBREAPER = 36
 
 # The monitor's names for what it measures, and the policy's.
 _POLICY_NAME = {
@@ -99,8 +105,13 @@ class BudgetKeeper(Actors):
         self._tenant_timer: asyncio.TimerHandle | None = None
         self._loop = asyncio.get_running_loop()
         self.ledger = Ledger()
+        # (policy version, tenant, kind, asked, exhausted) -> the admission's decision and
+        # the effective budget (see NodeAgent._budget_decision).
+        self._budget_decisions: dict[tuple[object, ...], tuple[Decision, pb.Budget]] = {}
         self._parked: dict[str, collections.deque[tuple[int, pb.TaskSpec, int]]] = {}
         self._tenant_of: dict[int, str] = {}  # watched worker id -> tenant (CPU charges)
+        # Killed trees leave orphans; where pid 1 does not reap them, this agent does.
+        self._reaping = _adopt_orphans()
 
     def budget_exhausted(self, tenant: str) -> tuple[str, float, float] | None:
         """(budget, limit, used) when `tenant`'s cluster-wide budget for the window is used
@@ -245,9 +256,10 @@ class BudgetKeeper(Actors):
         group = None
         if self.kernel_limits.available and (limits.memory or limits.processes):
             try:
+                # The kernel counts threads as tasks: the group leaves room for them, and
+                # the monitor counts processes against the budget itself.
                 group = self.kernel_limits.create_group(
-                    f"w{worker.worker_id}",
-                    KernelLimitValues(memory_bytes=limits.memory, pids=limits.processes),
+                    f"w{worker.worker_id}", _monitor_budget(limits).kernel_limits()
                 )
                 group.add(worker.pid)
             except (BudgetError, OSError) as error:
@@ -297,24 +309,12 @@ class BudgetKeeper(Actors):
         self._rearm(watch, limits)
 
     def _rearm(self, watch: _Watch, limits: Limits) -> None:
-        key = watch.worker.worker_id
         try:
-            used = self.budget_monitor.usage(key)
+            watch.cpu_base = self.budget_monitor.rearm(
+                watch.worker.worker_id, _monitor_budget(limits)
+            )
         except BudgetError:
             return
-        watch.cpu_base = used.cpu_seconds
-        elapsed = time.monotonic() - watch.started
-        self.budget_monitor.set_budget(
-            key,
-            Budget(
-                cpu_seconds=None
-                if limits.cpu_seconds is None
-                else used.cpu_seconds + limits.cpu_seconds,
-                memory_bytes=limits.memory,
-                pids=limits.processes,
-                wall_seconds=None if limits.wall_seconds is None else elapsed + limits.wall_seconds,
-            ),
-        )
 
     def _idle_limits(self, tenant: str) -> Limits:
         """What a pooled worker between budgeted tasks is held to: the tenant's ceiling."""
@@ -394,9 +394,38 @@ class BudgetKeeper(Actors):
                 log.warning("could not kill the group of worker %d: %s", worker.pid, error)
         worker.kill()
 
+    def worker_environment(self, tenant: str, budget: pb.Budget | None) -> dict[str, str]:
+        """The rlimits a new worker of `tenant` sets on itself before its first task: core
+        dumps off always; for an actor, its CPU seconds; memory (as RLIMIT_DATA, beyond
+        what the monitor and a cgroup enforce) at the actor's budget or the tenant's
+        ceiling for one task."""
+        owner = self.policy.tenant(tenant)
+        ceiling = owner.budgets.task if owner is not None else Limits()
+        limits = from_wire(budget) if budget is not None else Limits(memory=ceiling.memory)
+        plan = plan_rlimits(
+            Budget(cpu_seconds=limits.cpu_seconds, memory_bytes=limits.memory),
+            own_uid=self.launcher.tenant_owner is not None,
+            tenant_tasks=owner.budgets.processes if owner is not None else None,
+        )
+        return plan.to_env()
+
+    def _reap_orphans(self) -> None:
+        """Reap zombies this agent adopted (never a worker: their Popen reaps them)."""
+        if not self._reaping:
+            return
+        workers = {w.pid for pool in self.workers.values() for w in pool}
+        workers |= {a.worker.pid for a in self.actors.values() if a.worker is not None}
+        me = os.getpid()
+        for stat in procfs.scan().values():
+            if stat.ppid == me and stat.zombie and stat.pid not in workers:
+                with contextlib.suppress(ChildProcessError):
+                    os.waitpid(stat.pid, os.WNOHANG)
+
     def _budget_worker_exited(self, worker: Worker) -> pb.ErrorInfo | None:
         """The worker is gone: stop watching it; the error its work fails with when a
         budget stopped it, else None."""
+        if self._reaping:
+            self._loop.call_later(ORPHAN_REAP_DELAY, self._reap_orphans)
         watch = self._watches.pop(worker.worker_id, None)
         stop = self._stops.pop(worker.worker_id, None)
         if watch is not None:
@@ -416,6 +445,7 @@ class BudgetKeeper(Actors):
                     log.warning("could not remove the group of worker %d: %s", worker.pid, error)
         if stop is None:
             return None
+        _metrics.budget_kill(worker.tenant, stop.budget)
         kind = E.ACTOR_DIED if worker.actor_id else E.BUDGET_EXCEEDED
         info = error_info(kind, stop.message)
         info.budget.CopyFrom(
@@ -499,6 +529,15 @@ def _monitor_budget(limits: Limits) -> Budget:
         pids=limits.processes,
         wall_seconds=limits.wall_seconds,
     )
+
+
+def _adopt_orphans() -> bool:
+    """Become the reaper of orphaned descendants (prctl PR_SET_CHILD_SUBREAPER)."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        return libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0
+    except (OSError, AttributeError):
+        return False
 
 
 def _group_name(node_id: str) -> str:

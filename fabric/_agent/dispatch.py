@@ -6,8 +6,11 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable, Mapping
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
+from fabric import _metrics
+from fabric._agent import observe
 from fabric._agent.base import (
     MAX_HOPS,
     MAX_WORKERS_PER_TENANT,
@@ -52,6 +55,7 @@ class Dispatch(Results):
         def _budget_worker_spawned(self, worker: Worker, budget: pb.Budget | None) -> None: ...
         def _budget_task_current(self, worker: Worker) -> None: ...
         def _budget_worker_exited(self, worker: Worker) -> pb.ErrorInfo | None: ...
+        def worker_environment(self, tenant: str, budget: pb.Budget | None) -> dict[str, str]: ...
 
         _watches: Mapping[int, object]
 
@@ -104,6 +108,7 @@ class Dispatch(Results):
         if spec.kind == pb.ACTOR_TASK:
             self._route_actor_call(task)
             return
+        forbidden = self._forbidden_nodes(task)  # by the policy's invariants
         request = PlacementRequest(
             tenant=spec.tenant,
             task_id=spec.task_id,
@@ -113,18 +118,45 @@ class Dispatch(Results):
             # never back and forth for ever.
             pinned_node_id=self.node_id if spec.hops >= MAX_HOPS else None,
             excluded_node_ids=frozenset((task.origin_node,)) if task.origin_node else frozenset(),
+            forbidden_node_ids=frozenset(forbidden),
             data_regions=task.residency,
             selector=task.selector,
         )
         decision = decide_placement(
             request, self._node_views(), self._policy_of(spec), self.view_version
         )
+        if (
+            forbidden
+            and decision.outcome is Outcome.REFUSE
+            and (decision.final or time.monotonic() >= self.joining_until)
+        ):
+            # No node the invariants allow could take it. If the rules alone would have
+            # refused it too, theirs is the reason; else the invariant that forbids the node
+            # they would have chosen.
+            unguarded = decide_placement(
+                replace(request, forbidden_node_ids=frozenset()),
+                self._node_views(),
+                self._policy_of(spec),
+                self.view_version,
+            )
+            violation = forbidden.get(unguarded.node_id or "")
+            if unguarded.outcome is not Outcome.REFUSE and violation is not None:
+                self._refuse_dispatch(task, self._refusal(violation, spec, spec.tenant, ()))
+                if spec.kind == pb.ACTOR_CREATION:
+                    self._actor_placed(spec.tenant, spec.actor_id, "")
+                return
         session = self.sessions.get(task.origin_session) if task.origin_session else None
         task.audit_id = (
             self._record(decision, spec, parent=task.audit_id, session=session) or task.audit_id
         )
         task.audit_needed = mark()  # acting on the placement waits for it to be durable
-        if decision.node_id == self.node_id and not (
+        observe.placed(task, decision, self.node_id)
+        refused = (
+            self._task_refusal(task, self.node_id) if decision.node_id == self.node_id else None
+        )
+        if refused is not None:
+            self._refuse_dispatch(task, refused)
+        elif decision.node_id == self.node_id and not (
             decision.outcome is Outcome.QUEUE and spec.kind == pb.ACTOR_CREATION
         ):
             self._place_here(task)  # runs here now, or waits here for local capacity
@@ -147,7 +179,15 @@ class Dispatch(Results):
             decision.node_id or decision.outcome is Outcome.REFUSE
         ):
             # Calls made before placement follow the actor now that it has a place.
-            self._actor_placed(spec.tenant, spec.actor_id, decision.node_id or "")
+            placed = decision.node_id if task.state is not TaskState.DONE else ""
+            self._actor_placed(spec.tenant, spec.actor_id, placed or "")
+
+    def _refuse_dispatch(self, task: TaskEntry, refused: pb.ErrorInfo) -> None:
+        """Fail `task`, which an invariant keeps from where it was to go; an actor whose
+        creation it was fails every call with the same refusal."""
+        if task.spec.kind == pb.ACTOR_CREATION:
+            self.refused_actors[(task.spec.tenant, task.spec.actor_id)] = refused
+        self._fail(task, refused)
 
     def _place_here(self, task: TaskEntry) -> None:
         task.state = TaskState.WAITING
@@ -165,6 +205,11 @@ class Dispatch(Results):
 
     def _forward(self, task: TaskEntry, node_id: str) -> None:
         spec = task.spec
+        if spec.kind != pb.ACTOR_TASK:  # a call is checked on the actor's node
+            refused = self._task_refusal(task, node_id)
+            if refused is not None:
+                self._refuse_dispatch(task, refused)
+                return
         task.state = TaskState.REMOTE
         task.remote_node = node_id
         forward = pb.TaskSpec()
@@ -179,6 +224,7 @@ class Dispatch(Results):
                 entry = self.objects.get((spec.tenant, arg.object_id))
                 if entry is not None:
                     arg.residency = encode_regions(entry.residency)
+                    arg.data_classes[:] = sorted(entry.classes)
                     if not entry.remote_owner:
                         arg.owner_node = self.node_id  # ask us: we know where it is
         if spec.kind == pb.ACTOR_CREATION:
@@ -195,6 +241,8 @@ class Dispatch(Results):
                 continue
             entry = self.objects.get((task.spec.tenant, arg.object_id))
             if entry is None or entry.local:
+                if entry is not None:
+                    _metrics.object_hit(entry.tenant)
                 continue
             missing += 1
 
@@ -437,6 +485,7 @@ class Dispatch(Results):
         if spec.kind != pb.ACTOR_TASK and digest not in worker.seen_digests:
             execute.spec.function_blob = self.functions.get((spec.tenant, digest), b"")
             worker.seen_digests.add(digest)
+        observe.dispatched(task, execute, worker, self.node_id)
         worker.send(pb.ToWorker(execute=execute), needs=task.audit_needed)
         if len(worker.running) == 1 and spec.HasField("budget"):
             self._budget_task_current(worker)
@@ -461,7 +510,12 @@ class Dispatch(Results):
     ) -> Worker:
         directory = self.store.tenant_directory(tenant)
         worker = await self.launcher.spawn(
-            tenant, directory.directory, self.handle_worker, self._worker_exited, actor_id
+            tenant,
+            directory.directory,
+            self.handle_worker,
+            self._worker_exited,
+            actor_id,
+            self.worker_environment(tenant, budget),
         )
         self._budget_worker_spawned(worker, budget)
         session = self.open_session(tenant, "", f"worker:{worker.pid}", _worker_sender(worker))

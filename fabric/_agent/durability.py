@@ -16,8 +16,10 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import time
 from collections.abc import Callable
 
+from fabric import _metrics
 from fabric._agent.journal import Journal
 from fabric._proto import fabric_pb2 as pb
 
@@ -76,7 +78,9 @@ class DurableGate:
         self._syncing = True
         # A journal that cannot be written raises here and leaves `_syncing` set: the agent
         # then acts on nothing more, rather than act on decisions it could not record.
+        started = time.perf_counter()
         self.journal.write(chunks)
+        _metrics.audit_committed(time.perf_counter() - started, len(chunks))
         # The actions run on the next turn, not inside whatever appended the record.
         self._loop.call_soon(self._synced, upto)
 

@@ -189,7 +189,7 @@ class WorkerGroup:
 
     Invariant: the worker is added (`add`) before it is sent its first task, so no tenant
     code runs, and nothing forks, outside the group. Pages it touched before `add` stay
-    charged where they were (cgroup v1 does not move charges; v2 never does).
+    charged where they were (v2 never moves charges; v1 only with a deprecated knob).
     """
 
     def __init__(
@@ -777,7 +777,7 @@ def _open_layout(version: int, hierarchies: tuple[_Hierarchy, ...], agent: str) 
         limits = KernelLimits(agent, version, controllers, "", tuple(usable), locks)
         locks = []
         try:
-            _probe(limits, problems)
+            _probe(limits, problems)  # may drop controllers from `limits`
         except BaseException:
             limits.close()
             raise
@@ -811,22 +811,22 @@ def _enable_v2(h: _Hierarchy, parent_name: str, problems: list[str]) -> _Hierarc
     return _Hierarchy(h.mount, frozenset(enabled), h.base)
 
 
-def _probe(limits: KernelLimits, problems: list[str]) -> None:
+def _probe(kernel: KernelLimits, problems: list[str]) -> None:
     """Prove the layout: a group with a limit of every controller, a process moved in and
     killed through the group. Controllers whose limit cannot be written are dropped."""
-    label = f"cgroup v{limits.version}"
+    label = f"cgroup v{kernel.version}"
     name = f"probe-{os.getpid()}"
     trial = Limits(memory_bytes=_PROBE_LIMITS_MEMORY, cpus=1.0, pids=1 << 16)
-    for _ in range(len(limits.controllers) + 1):
+    for _ in range(len(kernel.controllers) + 1):
         try:
-            group = limits.create_group(name, trial)
+            group = kernel.create_group(name, trial)
             break
         except CgroupWriteError as e:
             dropped = _controller_of(e.path)
-            if dropped is None or dropped not in limits.controllers:
+            if dropped is None or dropped not in kernel.controllers:
                 raise _Unusable(f"{label}: {e}") from e
             problems.append(f"{dropped}: {e}")
-            limits.controllers = limits.controllers - {dropped}
+            kernel.controllers = kernel.controllers - {dropped}
     else:  # pragma: no cover - every controller was dropped and the loop ran out
         raise _Unusable(f"{label}: no controller accepts limits")
     helper = subprocess.Popen(
@@ -843,15 +843,15 @@ def _probe(limits: KernelLimits, problems: list[str]) -> None:
             raise _Unusable(f"{label}: {e}") from e
         if helper.pid not in group.pids():
             raise _Unusable(f"{label}: a process moved into {group.paths[0]} is not listed")
-        if limits.version == 2 and (group.dirs[""] / "cgroup.kill").exists():
-            limits.controllers = limits.controllers | {"kill"}
+        if kernel.version == 2 and (group.dirs[""] / "cgroup.kill").exists():
+            kernel.controllers = kernel.controllers | {"kill"}
         try:
             group.kill(timeout=2.0)
         except (CgroupWriteError, KillFailedError) as e:
             if "freezer" not in group.controllers:
                 raise _Unusable(f"{label}: {e}") from e
             problems.append(f"freezer: {e}")
-            limits.controllers = limits.controllers - {"freezer"}
+            kernel.controllers = kernel.controllers - {"freezer"}
             group.dirs.pop("freezer", None)
             group.controllers = group.controllers - {"freezer"}
             group.kill(timeout=2.0)

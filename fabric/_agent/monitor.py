@@ -7,15 +7,18 @@ all the others), kills a breaching worker's whole tree and reports a `BudgetBrea
 exactly once per worker, to a callback.
 
 Why a thread and not an asyncio task: the agent's event loop is CPU-bound, so a task
-scheduled every 50 ms can be late by as long as the longest callback, and the kill path
-(freezing a group, sweeping a tree) blocks for milliseconds; a thread gets the GIL back
-within the switch interval (5 ms) whatever the loop does. Its cost is reported by
-`stats()`; benchmarks/budget_kill.py measures it.
+scheduled every 50 ms is late by as long as the longest callback, and the kill path
+(freezing a group, sweeping a tree) blocks for milliseconds. A thread shares the GIL with
+that loop instead: every read that released the GIL would wait for the loop to hand it
+back (measured next to a spinning thread: a /proc scan of 115 processes took 47 ms with
+os.read, 0.9 ms with the GIL held), so the monitor reads /proc and cgroup files through
+`procfs.held_gil`. Its cost is in `stats()`; benchmarks/budget_kill.py measures it.
 
-The kernel limits (limits.py) hold memory and tasks at the budget itself, so in a cgroup a
-breach shows up as a kernel counter (an OOM kill, a refused fork) rather than as usage
-above the limit; both are breaches. CPU seconds and wall time have no kernel equivalent
-for a tree: the monitor enforces them, with RLIMIT_CPU per process behind it.
+A memory cgroup holds memory at the budget itself, so there a memory breach shows up as
+the kernel's OOM kill (a counter) rather than as usage above the limit. Processes are
+counted here, with the kernel's ceiling on tasks (threads included) behind them; a fork
+or thread it refused is a breach too. CPU seconds and wall time have no kernel limit for
+a tree: the monitor enforces them, with RLIMIT_CPU per process behind it (rlimits.py).
 """
 
 from __future__ import annotations
@@ -190,6 +193,7 @@ class MonitorStats:
     worker_samples: int
     cpu_seconds: float
     scans: int  # /proc scans (rounds with at least one worker without a group)
+    round_seconds: float  # wall time the rounds took (GIL waits included)
 
     @property
     def cpu_per_worker_sample(self) -> float:
@@ -261,7 +265,7 @@ class BudgetMonitor:
         self._closed = False
         self._thread: threading.Thread | None = None
         self._rounds = self._samples = self._scans = 0
-        self._cpu = 0.0
+        self._cpu = self._wall = 0.0
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -350,11 +354,31 @@ class BudgetMonitor:
         return watch.breach
 
     def set_budget(self, key: Hashable, budget: Budget) -> None:
-        """Replace the budget of `key` (usage and wall time still count from the watch)."""
+        """Replace the budget of `key` (usage and wall time still count from the watch).
+        The next round, at most one interval away, checks it: waking the thread on every
+        change would cost an agent that re-arms a budget per task more than it gains."""
         watch = self._get(key)
         with watch.lock:
             watch.tracker.budget = budget
-        self._wake.set()
+
+    def rearm(self, key: Hashable, budget: Budget) -> float:
+        """Give `key` a fresh `budget` whose CPU seconds and wall time count from now (from
+        its last sample, for CPU: at most one interval ago); returns the CPU seconds it had
+        used then. No lock and no wake-up, so that an agent may re-arm a worker for every
+        task it runs: one read of the last sample and one assignment the next round sees."""
+        watch = self._watches.get(key)
+        if watch is None:
+            raise NotWatchedError(key)
+        tracker = watch.tracker
+        used = tracker.last.usage.cpu_seconds
+        elapsed = time.monotonic() - tracker.started
+        tracker.budget = Budget(
+            cpu_seconds=None if budget.cpu_seconds is None else used + budget.cpu_seconds,
+            memory_bytes=budget.memory_bytes,
+            pids=budget.pids,
+            wall_seconds=None if budget.wall_seconds is None else elapsed + budget.wall_seconds,
+        )
+        return used
 
     def usage(self, key: Hashable) -> Usage:
         """The last sampled usage of `key`."""
@@ -382,7 +406,7 @@ class BudgetMonitor:
             return list(self._watches)
 
     def stats(self) -> MonitorStats:
-        return MonitorStats(self._rounds, self._samples, self._cpu, self._scans)
+        return MonitorStats(self._rounds, self._samples, self._cpu, self._scans, self._wall)
 
     def _get(self, key: Hashable) -> _Watch:
         with self._lock:
@@ -428,7 +452,7 @@ class BudgetMonitor:
         return min(deadlines, default=None)
 
     def _round(self) -> None:
-        cpu_before = time.thread_time()
+        cpu_before, wall_before = time.thread_time(), time.monotonic()
         with self._lock:
             watches = [w for w in self._watches.values() if w.state == _WATCHING]
         table: dict[int, procfs.ProcStat] = {}
@@ -458,6 +482,7 @@ class BudgetMonitor:
             self._samples += 1
         self._rounds += 1
         self._cpu += time.thread_time() - cpu_before
+        self._wall += time.monotonic() - wall_before
         for watch, verdict in breaches:
             self._kill(watch)
             killed_at = time.monotonic()

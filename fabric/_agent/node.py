@@ -9,6 +9,7 @@ import time
 from collections.abc import Callable
 from dataclasses import replace
 
+from fabric._agent import observe
 from fabric._agent.base import (
     JOIN_GRACE,
     MAX_RETURNS,
@@ -52,6 +53,8 @@ from fabric.policy._model import (
     encode_regions,
     intersect,
 )
+
+BUDGET_DECISIONS_KEPT = 1024
 
 
 class NodeAgent(Bundles):
@@ -202,6 +205,7 @@ class NodeAgent(Bundles):
         error = error_info(E.INVALID_REQUEST, problem) if problem is not None else None
         if error is None:
             error = self._admit(session, spec)
+        observe.submitted(spec, error, self.node_id)
         if error is not None:
             if spec.kind == pb.ACTOR_CREATION and error.kind != E.INVALID_REQUEST:
                 self.refused_actors[(tenant, spec.actor_id)] = error
@@ -273,16 +277,23 @@ class NodeAgent(Bundles):
             )
         except ResidencyLabelError as e:
             return error_info(E.INVALID_REQUEST, str(e))
+        classes = self._session_classes(session)
+        if spec.residency_label in tenant.data_classes:
+            classes |= {spec.residency_label}
         for arg in spec.args:
             arg.residency = ""  # agents say where an object may live, never a client
+            del arg.data_classes[:]
             if arg.WhichOneof("value") == "object_id":
                 entry = self.objects.get((session.tenant, arg.object_id))
                 if entry is not None:
                     residency = intersect(residency, entry.residency)
+                    classes |= entry.classes
         spec.residency = encode_regions(residency)
-        if policy.open:
-            return None
+        spec.data_classes[:] = sorted(classes)
+        # A budget the request asks for holds under any policy, the open default included.
         budgeted, breach = self._budget_decision(tenant, spec)
+        if policy.open and (budgeted is None or budgeted.outcome is Outcome.ADMIT):
+            return None
         if budgeted is not None and budgeted.outcome is Outcome.REFUSE:
             spec.audit_parent = self._record(
                 budgeted, spec, kind="admit", parent=spec.audit_parent, session=session
@@ -325,8 +336,20 @@ class NodeAgent(Bundles):
         if not asked.bounded and not ceiling.bounded and exhausted is None:
             spec.ClearField("budget")
             return None, None
-        decision, effective = decide_budget(self.policy, tenant.name, kind, asked, exhausted)
-        spec.budget.CopyFrom(to_wire(effective, spec.budget.retry))
+        retry = spec.budget.retry
+        # Most requests ask for the same (often nothing): decide each kind of request once
+        # per policy version.
+        key = (self.policy.version, tenant.name, kind, asked, exhausted)
+        cached = self._budget_decisions.get(key)
+        if cached is None:
+            decision, effective = decide_budget(self.policy, tenant.name, kind, asked, exhausted)
+            cached = decision, to_wire(effective)
+            if len(self._budget_decisions) >= BUDGET_DECISIONS_KEPT:
+                self._budget_decisions.clear()
+            self._budget_decisions[key] = cached
+        decision, wire = cached
+        spec.budget.CopyFrom(wire)
+        spec.budget.retry = retry
         beyond = asked.beyond(ceiling)
         if beyond is not None:
             key, value, most = beyond
@@ -450,6 +473,7 @@ class NodeAgent(Bundles):
                 continue
             which = location.WhichOneof("value")
             entry.residency = decode_regions(location.residency)
+            entry.classes = frozenset(location.data_classes)
             if which == "stored_size":
                 entry.location = from_node  # the blob stays there until we free it
             else:

@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Iterable
 
-from fabric._agent.base import AgentBase, E, error_info, log, refusal, unknown_object
+from fabric import _metrics
+from fabric._agent.base import E, error_info, log, refusal, unknown_object
+from fabric._agent.guard import Guard
 from fabric._agent.state import (
     ObjEntry,
     ObjState,
@@ -23,7 +25,7 @@ from fabric.policy._model import Regions, ResidencyLabelError, encode_regions, i
 from fabric.policy._residency import Destination, decide_transfer
 
 
-class ObjectTable(AgentBase):
+class ObjectTable(Guard):
     def _owned_entry(self, session: Session, object_id: bytes) -> ObjEntry | None:
         return self.objects.get((session.tenant, object_id))
 
@@ -56,19 +58,36 @@ class ObjectTable(AgentBase):
                 residency = intersect(residency, task.residency)
         return residency
 
-    def _taint(self, session: Session, residency: Regions) -> None:
-        """A worker read data of `residency`: what it runs now derives from it."""
+    def _session_classes(self, session: Session) -> frozenset[str]:
+        """The data classes what a worker's session runs derives from."""
         worker = session.worker
-        if worker is None or residency is None:
+        if worker is None:
+            return frozenset()
+        if worker.actor_id:
+            actor = self.actors.get((session.tenant, worker.actor_id))
+            return actor.classes if actor is not None else frozenset()
+        classes: frozenset[str] = frozenset()
+        for task in worker.running.values():
+            if isinstance(task, TaskEntry):
+                classes |= task.classes
+        return classes
+
+    def _taint(self, session: Session, residency: Regions, classes: frozenset[str]) -> None:
+        """A worker read data of `residency` and `classes`: what it runs now derives from
+        it."""
+        worker = session.worker
+        if worker is None or (residency is None and not classes):
             return
         if worker.actor_id:
             actor = self.actors.get((session.tenant, worker.actor_id))
             if actor is not None:
                 actor.residency = intersect(actor.residency, residency)
+                actor.classes |= classes
             return
         for task in worker.running.values():
             if isinstance(task, TaskEntry):
                 task.residency = intersect(task.residency, residency)
+                task.classes |= classes
 
     def _put(self, session: Session, put: pb.PutObject) -> pb.ErrorInfo | None:
         object_id = put.object_id
@@ -76,6 +95,10 @@ class ObjectTable(AgentBase):
             raise ObjectStoreError(f"invalid or duplicate object id {object_id.hex()}")
         entry = ObjEntry(tenant=session.tenant, state=ObjState.READY)
         problem = self._put_residency(session, object_id, entry, put.residency_label)
+        if problem is None:  # the bytes arrive here: a transfer to this node
+            problem = self._transfer_refusal(
+                session.tenant, object_id, entry.residency, entry.classes, self.node_id
+            )
         if problem is None and not self.policy.open:
             problem = self._put_quota(session, object_id, put)
         if problem is not None:
@@ -86,8 +109,10 @@ class ObjectTable(AgentBase):
         elif put.WhichOneof("value") == "inline_blob":
             read_header(put.inline_blob)  # fail early on a malformed blob
             entry.inline = put.inline_blob
+            _metrics.object_put(session.tenant, len(put.inline_blob))
         else:
             entry.stored_size = self.store.adopt(session.tenant, object_id, put.sealed_size)
+            _metrics.object_put(session.tenant, entry.stored_size)
         entry.holders.add(session.session_id)
         session.held.add(object_id)
         self.objects[(session.tenant, object_id)] = entry
@@ -114,6 +139,9 @@ class ObjectTable(AgentBase):
         except ResidencyLabelError as e:
             return error_info(E.INVALID_REQUEST, str(e))
         entry.residency = residency
+        entry.classes = self._session_classes(session)
+        if label in tenant.data_classes:
+            entry.classes |= {label}
         if entry.residency is None:
             return None
         decision = decide_transfer(
@@ -189,6 +217,8 @@ class ObjectTable(AgentBase):
         entry.holders.add(session.session_id)
         session.held.add(object_id)
         if entry.local or (entry.state is ObjState.READY and not self._may_hold(entry)):
+            if entry.local:
+                _metrics.object_hit(entry.tenant)
             self._push(session, object_id, entry)
         else:
             entry.subscribers.add(session.session_id)
@@ -201,7 +231,7 @@ class ObjectTable(AgentBase):
             if session.worker is None:
                 refused = self._driver_refusal(session, object_id, entry)
             else:
-                self._taint(session, entry.residency)
+                self._taint(session, entry.residency, entry.classes)
         if entry.error is not None:
             ready.error.CopyFrom(entry.error)
         elif refused is not None:
@@ -258,6 +288,9 @@ class ObjectTable(AgentBase):
         try:
             location = await self.peers.fetch(entry.location, entry.tenant, object_id)
             self._fill(entry, object_id, location)
+            if not location.HasField("error"):
+                size = location.stored_size or len(location.inline_blob)
+                _metrics.object_fetched(entry.tenant, size)
         except Exception as e:
             log.warning("fetching %s from %s failed: %s", object_id.hex(), entry.location, e)
             entry.error = error_info(
@@ -277,6 +310,7 @@ class ObjectTable(AgentBase):
         elif which == "stored_size":
             # Stored on this node by the peer fetch.
             entry.stored_size = location.stored_size
+        entry.classes |= frozenset(location.data_classes)
 
     def _maybe_free(self, object_id: bytes, entry: ObjEntry) -> None:
         if entry.holders or entry.pins or entry.subscribers or entry.state is ObjState.PENDING:
@@ -329,7 +363,10 @@ class ObjectTable(AgentBase):
             await done
             entry = self.objects.get((tenant, object_id)) or entry
         location = pb.ObjectLocation(
-            object_id=object_id, tenant=tenant, residency=encode_regions(entry.residency)
+            object_id=object_id,
+            tenant=tenant,
+            residency=encode_regions(entry.residency),
+            data_classes=sorted(entry.classes),
         )
         if entry.residency is not None and entry.error is None:
             decision = decide_transfer(
@@ -344,6 +381,13 @@ class ObjectTable(AgentBase):
             self._record(decision, kind="transfer", tenant=tenant, objects=(object_id,))
             if decision.outcome is Outcome.REFUSE:
                 location.error.CopyFrom(refusal(E.RESIDENCY_REFUSED, decision))
+                return location
+        if entry.error is None:
+            refused = self._transfer_refusal(
+                tenant, object_id, entry.residency, entry.classes, requester
+            )
+            if refused is not None:
+                location.error.CopyFrom(refused)
                 return location
         entry.copies.add(requester)
         if entry.error is not None:

@@ -4,6 +4,7 @@ its origin told, its waiters woken."""
 
 from __future__ import annotations
 
+from fabric._agent import observe
 from fabric._agent.base import E, error_info, unknown_object
 from fabric._agent.objects import ObjectTable
 from fabric._agent.state import ObjEntry, ObjState, TaskEntry, TaskState
@@ -38,6 +39,7 @@ class Results(ObjectTable):
                     remote_owner=arg.owner_node,
                     cache=True,
                     residency=decode_regions(arg.residency),
+                    classes=frozenset(arg.data_classes),
                 )
                 self.objects[key] = entry
             if entry is None:
@@ -70,10 +72,19 @@ class Results(ObjectTable):
         expected = set(task.return_ids)
         residency = self._result_residency(task)
         wire_residency = encode_regions(residency)
+        classes = task.classes
+        if task.spec.kind == pb.ACTOR_TASK:
+            actor = self.actors.get((tenant, task.spec.actor_id))
+            if actor is not None:
+                classes |= actor.classes
+        wire_classes = sorted(classes)
         # Small results travel back inline to the node that sent the task, unless their
         # residency keeps them out of its region: then that node learns where they are.
         origin_region = self._region_of(task.origin_node) if task.origin_node else self.region
-        keep_here = residency is not None and origin_region not in residency
+        keep_here = (residency is not None and origin_region not in residency) or (
+            self._transfer_violation(tenant, residency, classes, task.origin_node or self.node_id)
+            is not None
+        )
         locations = []
         for value in result.returns:
             object_id = value.object_id
@@ -96,11 +107,13 @@ class Results(ObjectTable):
             self._contain(entry, value.contained_ids)
             entry.state = ObjState.READY
             entry.residency = residency
+            entry.classes = classes
             location = pb.ObjectLocation(
                 object_id=object_id,
                 tenant=tenant,
                 contained_ids=value.contained_ids,
                 residency=wire_residency,
+                data_classes=wire_classes,
             )
             if entry.inline is not None and keep_here:
                 location.stored_size = len(entry.inline)  # held here: fetch it from us
@@ -139,6 +152,7 @@ class Results(ObjectTable):
             return
         task.state = TaskState.DONE
         self.queues.uncommit(task)
+        observe.finished(task, locations, self.node_id)
         tenant = task.spec.tenant
         if self.recorder is not None:
             failed = next((loc.error.message for loc in locations if loc.HasField("error")), "")

@@ -6,6 +6,7 @@ These are plain records; the rules that move them between states live in `node.p
 from __future__ import annotations
 
 import enum
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -39,6 +40,7 @@ class ObjEntry:
     fetching: bool = False
     cache: bool = False  # a copy pulled for a local use: dropped when nothing here uses it
     residency: Regions = None  # regions its bytes may live in; None: anywhere
+    classes: frozenset[str] = frozenset()  # the data classes it derives from
 
     @property
     def local(self) -> bool:
@@ -70,10 +72,13 @@ class TaskEntry:
     remote_node: str = ""
     # Regions its results may live in: its spec's, narrowed by every object it reads.
     residency: Regions = None
+    classes: frozenset[str] = frozenset()  # its inputs' data classes, and its label's
     admitted: bool = False  # counted against its tenant's quotas on this node
     audit_id: str = ""  # the latest audit entry of this task here: the next one's parent
     audit_needed: int = 0  # journal records durable before acting on its placement
     selector: LabelSelector = NO_SELECTOR  # set from the spec in __post_init__
+    # When this agent took it (monotonic; 0 once dispatched): its scheduling latency.
+    taken: float = field(default_factory=time.monotonic)
 
     def __post_init__(self) -> None:
         # Crashes this task may survive: its own retries, or its actor's for a call.
@@ -83,6 +88,7 @@ class TaskEntry:
         elif spec.kind == pb.ACTOR_TASK:
             self.retries_left = spec.actor_options.max_task_retries
         self.residency = decode_regions(spec.residency)
+        self.classes = frozenset(spec.data_classes)
         self.audit_id = spec.audit_parent
         # Parsed once (the spec was validated when it was taken), placed as often as needed.
         self.selector = parse_selector(spec.label_selector) if spec.label_selector else NO_SELECTOR
@@ -121,6 +127,7 @@ class ActorEntry:
     resources: dict[str, float] = field(default_factory=dict)
     # Regions its state may live in: its creation's, narrowed by every object it reads.
     residency: Regions = None
+    classes: frozenset[str] = frozenset()  # the data classes its state derives from
 
     @property
     def tenant(self) -> str:

@@ -140,7 +140,9 @@ class WorkerLauncher:
         on_message: Callable[[Worker, pb.FromWorker], None],
         on_exit: Callable[[Worker], Awaitable[None] | None],
         actor_id: bytes = b"",
+        environment: dict[str, str] | None = None,
     ) -> Worker:
+        """Start a worker of `tenant`; `environment` is added to its environment."""
         self._next_id += 1
         worker_id = self._next_id
         parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -162,11 +164,11 @@ class WorkerLauncher:
         uid: int | None = None
         gid: int | None = None
         groups: list[int] | None = None
-        env = None
+        env = {**os.environ, **environment} if environment else None
         if self.tenant_owner is not None:
             uid, gid = self.tenant_owner(tenant)
             groups = []
-            env = {**os.environ, "HOME": str(store_dir)}
+            env = {**os.environ, **(environment or {}), "HOME": str(store_dir)}
         stderr = None
         if self.log_dir is not None:
             stderr = open(self.log_dir / f"worker-{tenant}-{worker_id}.log", "ab")

@@ -17,7 +17,7 @@ ACTOR_CREATION: TaskKind
 ACTOR_TASK: TaskKind
 
 class ErrorInfo(_message.Message):
-    __slots__ = ("kind", "message", "budget")
+    __slots__ = ("kind", "message", "budget", "invariant")
     class Kind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
         __slots__ = ()
         UNKNOWN: _ClassVar[ErrorInfo.Kind]
@@ -36,6 +36,7 @@ class ErrorInfo(_message.Message):
         QUOTA_EXCEEDED: _ClassVar[ErrorInfo.Kind]
         BUDGET_EXCEEDED: _ClassVar[ErrorInfo.Kind]
         BUDGET_REFUSED: _ClassVar[ErrorInfo.Kind]
+        INVARIANT_VIOLATED: _ClassVar[ErrorInfo.Kind]
     UNKNOWN: ErrorInfo.Kind
     WORKER_CRASHED: ErrorInfo.Kind
     ACTOR_DIED: ErrorInfo.Kind
@@ -52,13 +53,16 @@ class ErrorInfo(_message.Message):
     QUOTA_EXCEEDED: ErrorInfo.Kind
     BUDGET_EXCEEDED: ErrorInfo.Kind
     BUDGET_REFUSED: ErrorInfo.Kind
+    INVARIANT_VIOLATED: ErrorInfo.Kind
     KIND_FIELD_NUMBER: _ClassVar[int]
     MESSAGE_FIELD_NUMBER: _ClassVar[int]
     BUDGET_FIELD_NUMBER: _ClassVar[int]
+    INVARIANT_FIELD_NUMBER: _ClassVar[int]
     kind: ErrorInfo.Kind
     message: str
     budget: BudgetBreach
-    def __init__(self, kind: _Optional[_Union[ErrorInfo.Kind, str]] = ..., message: _Optional[str] = ..., budget: _Optional[_Union[BudgetBreach, _Mapping]] = ...) -> None: ...
+    invariant: str
+    def __init__(self, kind: _Optional[_Union[ErrorInfo.Kind, str]] = ..., message: _Optional[str] = ..., budget: _Optional[_Union[BudgetBreach, _Mapping]] = ..., invariant: _Optional[str] = ...) -> None: ...
 
 class BudgetBreach(_message.Message):
     __slots__ = ("budget", "limit", "measured")
@@ -85,18 +89,20 @@ class Budget(_message.Message):
     def __init__(self, cpu_seconds: _Optional[float] = ..., memory: _Optional[int] = ..., wall_seconds: _Optional[float] = ..., processes: _Optional[int] = ..., retry: _Optional[bool] = ...) -> None: ...
 
 class Arg(_message.Message):
-    __slots__ = ("keyword", "object_id", "inline_blob", "owner_node", "residency")
+    __slots__ = ("keyword", "object_id", "inline_blob", "owner_node", "residency", "data_classes")
     KEYWORD_FIELD_NUMBER: _ClassVar[int]
     OBJECT_ID_FIELD_NUMBER: _ClassVar[int]
     INLINE_BLOB_FIELD_NUMBER: _ClassVar[int]
     OWNER_NODE_FIELD_NUMBER: _ClassVar[int]
     RESIDENCY_FIELD_NUMBER: _ClassVar[int]
+    DATA_CLASSES_FIELD_NUMBER: _ClassVar[int]
     keyword: str
     object_id: bytes
     inline_blob: bytes
     owner_node: str
     residency: str
-    def __init__(self, keyword: _Optional[str] = ..., object_id: _Optional[bytes] = ..., inline_blob: _Optional[bytes] = ..., owner_node: _Optional[str] = ..., residency: _Optional[str] = ...) -> None: ...
+    data_classes: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, keyword: _Optional[str] = ..., object_id: _Optional[bytes] = ..., inline_blob: _Optional[bytes] = ..., owner_node: _Optional[str] = ..., residency: _Optional[str] = ..., data_classes: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class ActorOptions(_message.Message):
     __slots__ = ("max_restarts", "max_task_retries", "max_concurrency", "name", "namespace", "detached", "class_name", "handle_meta")
@@ -119,7 +125,7 @@ class ActorOptions(_message.Message):
     def __init__(self, max_restarts: _Optional[int] = ..., max_task_retries: _Optional[int] = ..., max_concurrency: _Optional[int] = ..., name: _Optional[str] = ..., namespace: _Optional[str] = ..., detached: _Optional[bool] = ..., class_name: _Optional[str] = ..., handle_meta: _Optional[str] = ...) -> None: ...
 
 class TaskSpec(_message.Message):
-    __slots__ = ("task_id", "kind", "function_digest", "function_blob", "function_name", "args", "num_returns", "resources", "max_retries", "retry_exceptions", "actor_id", "method_name", "sequence_no", "actor_options", "parent_task_id", "owner_node", "tenant", "job_id", "caller_id", "actor_node", "hops", "label_selector", "residency_label", "residency", "policy_version", "audit_parent", "budget")
+    __slots__ = ("task_id", "kind", "function_digest", "function_blob", "function_name", "args", "num_returns", "resources", "max_retries", "retry_exceptions", "actor_id", "method_name", "sequence_no", "actor_options", "parent_task_id", "owner_node", "tenant", "job_id", "caller_id", "actor_node", "hops", "label_selector", "residency_label", "residency", "policy_version", "audit_parent", "budget", "data_classes", "trace_context")
     class ResourcesEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -128,6 +134,13 @@ class TaskSpec(_message.Message):
         value: float
         def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
     class LabelSelectorEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    class TraceContextEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
         VALUE_FIELD_NUMBER: _ClassVar[int]
@@ -161,6 +174,8 @@ class TaskSpec(_message.Message):
     POLICY_VERSION_FIELD_NUMBER: _ClassVar[int]
     AUDIT_PARENT_FIELD_NUMBER: _ClassVar[int]
     BUDGET_FIELD_NUMBER: _ClassVar[int]
+    DATA_CLASSES_FIELD_NUMBER: _ClassVar[int]
+    TRACE_CONTEXT_FIELD_NUMBER: _ClassVar[int]
     task_id: bytes
     kind: TaskKind
     function_digest: bytes
@@ -188,7 +203,9 @@ class TaskSpec(_message.Message):
     policy_version: str
     audit_parent: str
     budget: Budget
-    def __init__(self, task_id: _Optional[bytes] = ..., kind: _Optional[_Union[TaskKind, str]] = ..., function_digest: _Optional[bytes] = ..., function_blob: _Optional[bytes] = ..., function_name: _Optional[str] = ..., args: _Optional[_Iterable[_Union[Arg, _Mapping]]] = ..., num_returns: _Optional[int] = ..., resources: _Optional[_Mapping[str, float]] = ..., max_retries: _Optional[int] = ..., retry_exceptions: _Optional[bool] = ..., actor_id: _Optional[bytes] = ..., method_name: _Optional[str] = ..., sequence_no: _Optional[int] = ..., actor_options: _Optional[_Union[ActorOptions, _Mapping]] = ..., parent_task_id: _Optional[bytes] = ..., owner_node: _Optional[str] = ..., tenant: _Optional[str] = ..., job_id: _Optional[bytes] = ..., caller_id: _Optional[bytes] = ..., actor_node: _Optional[str] = ..., hops: _Optional[int] = ..., label_selector: _Optional[_Mapping[str, str]] = ..., residency_label: _Optional[str] = ..., residency: _Optional[str] = ..., policy_version: _Optional[str] = ..., audit_parent: _Optional[str] = ..., budget: _Optional[_Union[Budget, _Mapping]] = ...) -> None: ...
+    data_classes: _containers.RepeatedScalarFieldContainer[str]
+    trace_context: _containers.ScalarMap[str, str]
+    def __init__(self, task_id: _Optional[bytes] = ..., kind: _Optional[_Union[TaskKind, str]] = ..., function_digest: _Optional[bytes] = ..., function_blob: _Optional[bytes] = ..., function_name: _Optional[str] = ..., args: _Optional[_Iterable[_Union[Arg, _Mapping]]] = ..., num_returns: _Optional[int] = ..., resources: _Optional[_Mapping[str, float]] = ..., max_retries: _Optional[int] = ..., retry_exceptions: _Optional[bool] = ..., actor_id: _Optional[bytes] = ..., method_name: _Optional[str] = ..., sequence_no: _Optional[int] = ..., actor_options: _Optional[_Union[ActorOptions, _Mapping]] = ..., parent_task_id: _Optional[bytes] = ..., owner_node: _Optional[str] = ..., tenant: _Optional[str] = ..., job_id: _Optional[bytes] = ..., caller_id: _Optional[bytes] = ..., actor_node: _Optional[str] = ..., hops: _Optional[int] = ..., label_selector: _Optional[_Mapping[str, str]] = ..., residency_label: _Optional[str] = ..., residency: _Optional[str] = ..., policy_version: _Optional[str] = ..., audit_parent: _Optional[str] = ..., budget: _Optional[_Union[Budget, _Mapping]] = ..., data_classes: _Optional[_Iterable[str]] = ..., trace_context: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class Hello(_message.Message):
     __slots__ = ("namespace", "host_token")
@@ -635,7 +652,7 @@ class ToWorker(_message.Message):
     def __init__(self, server: _Optional[_Union[ServerMessage, _Mapping]] = ..., execute: _Optional[_Union[ExecuteTask, _Mapping]] = ..., cancel: _Optional[_Union[CancelTask, _Mapping]] = ..., reclaim: _Optional[_Union[Reclaim, _Mapping]] = ...) -> None: ...
 
 class ObjectLocation(_message.Message):
-    __slots__ = ("object_id", "tenant", "inline_blob", "stored_size", "error", "contained_ids", "residency")
+    __slots__ = ("object_id", "tenant", "inline_blob", "stored_size", "error", "contained_ids", "residency", "data_classes")
     OBJECT_ID_FIELD_NUMBER: _ClassVar[int]
     TENANT_FIELD_NUMBER: _ClassVar[int]
     INLINE_BLOB_FIELD_NUMBER: _ClassVar[int]
@@ -643,6 +660,7 @@ class ObjectLocation(_message.Message):
     ERROR_FIELD_NUMBER: _ClassVar[int]
     CONTAINED_IDS_FIELD_NUMBER: _ClassVar[int]
     RESIDENCY_FIELD_NUMBER: _ClassVar[int]
+    DATA_CLASSES_FIELD_NUMBER: _ClassVar[int]
     object_id: bytes
     tenant: str
     inline_blob: bytes
@@ -650,7 +668,8 @@ class ObjectLocation(_message.Message):
     error: ErrorInfo
     contained_ids: _containers.RepeatedScalarFieldContainer[bytes]
     residency: str
-    def __init__(self, object_id: _Optional[bytes] = ..., tenant: _Optional[str] = ..., inline_blob: _Optional[bytes] = ..., stored_size: _Optional[int] = ..., error: _Optional[_Union[ErrorInfo, _Mapping]] = ..., contained_ids: _Optional[_Iterable[bytes]] = ..., residency: _Optional[str] = ...) -> None: ...
+    data_classes: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, object_id: _Optional[bytes] = ..., tenant: _Optional[str] = ..., inline_blob: _Optional[bytes] = ..., stored_size: _Optional[int] = ..., error: _Optional[_Union[ErrorInfo, _Mapping]] = ..., contained_ids: _Optional[_Iterable[bytes]] = ..., residency: _Optional[str] = ..., data_classes: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class TaskFinished(_message.Message):
     __slots__ = ("task_id", "returns", "tenant")
