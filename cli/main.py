@@ -33,6 +33,7 @@ COMMAND_MODULES: list[str] = [
     "fabric.cli._demo",
     "fabric.cli._policy",
     "fabric.cli._audit",
+    "fabric.cli._compliance",
 ]
 
 

@@ -14,6 +14,7 @@ enforced by stopping the work. A tenant's :class:`Budgets` say, in its policy:
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 from collections.abc import Mapping
@@ -38,7 +39,7 @@ class Limits:
     wall_seconds: float | None = None  # from start to result (an actor: its lifetime)
     processes: int | None = None  # the worker and its children
 
-    @property
+    @functools.cached_property
     def bounded(self) -> bool:
         return any(getattr(self, key) is not None for key in LIMIT_KEYS)
 

@@ -128,6 +128,8 @@ class Dispatch(Results):
         if (
             forbidden
             and decision.outcome is Outcome.REFUSE
+            # While nodes are joining, a node the invariants allow may be missing from the
+            # view: placing is tried again then, as for any refusal that is not final.
             and (decision.final or time.monotonic() >= self.joining_until)
         ):
             # No node the invariants allow could take it. If the rules alone would have

@@ -330,8 +330,10 @@ class NodeAgent(Bundles):
         if spec.kind not in (pb.NORMAL_TASK, pb.ACTOR_CREATION):
             return None, None
         kind = "actor" if spec.kind == pb.ACTOR_CREATION else "task"
-        asked = from_wire(spec.budget)
         ceiling = getattr(tenant.budgets, kind)
+        if not spec.HasField("budget") and not ceiling.bounded and not tenant.budgets.leased:
+            return None, None  # the common case, decided without building anything
+        asked = from_wire(spec.budget)
         exhausted = self.budget_exhausted(tenant.name) if kind == "task" else None
         if not asked.bounded and not ceiling.bounded and exhausted is None:
             spec.ClearField("budget")
