@@ -84,7 +84,6 @@ class _Watch:
     started: float  # monotonic, when the watch began (the monitor's wall clock origin)
     group: WorkerGroup | None
     task: TaskEntry | None = None  # the pooled worker's current budgeted task
-    cpu_base: float = 0.0  # the worker's CPU seconds when that task started
 
 
 class BudgetKeeper(Actors):
@@ -299,22 +298,17 @@ class BudgetKeeper(Actors):
                 watch.task = None
                 self._rearm(watch, self._idle_limits(worker.tenant))
             return
-        limits = from_wire(task.spec.budget)
         if worker.worker_id not in self._watches:
             self._watch_worker(worker, Limits())
         watch = self._watches.get(worker.worker_id)
         if watch is None or watch.task is task:
             return
         watch.task = task
-        self._rearm(watch, limits)
+        self._rearm(watch, _limits_of(task.spec.budget))
 
     def _rearm(self, watch: _Watch, limits: Limits) -> None:
-        try:
-            watch.cpu_base = self.budget_monitor.rearm(
-                watch.worker.worker_id, _monitor_budget(limits)
-            )
-        except BudgetError:
-            return
+        with contextlib.suppress(BudgetError):
+            self.budget_monitor.begin(watch.worker.worker_id, _monitor_budget(limits))
 
     def _idle_limits(self, tenant: str) -> Limits:
         """What a pooled worker between budgeted tasks is held to: the tenant's ceiling."""
@@ -340,11 +334,10 @@ class BudgetKeeper(Actors):
         what = "actor" if worker.actor_id else "task"
         key = _POLICY_NAME.get(breach.budget_name, breach.budget_name)
         limit, measured = breach.limit, breach.measured
-        if key == "cpu_seconds" and what == "task":
-            limit, measured = limit - watch.cpu_base, measured - watch.cpu_base
-        elif key == "wall_seconds" and what == "task" and watch.task is not None:
-            spent = from_wire(watch.task.spec.budget).wall_seconds or 0.0
-            measured, limit = measured - (limit - spent), spent
+        if key == "cpu_seconds":  # counted from the start of the current task's segment
+            limit, measured = limit - breach.origin_cpu, measured - breach.origin_cpu
+        elif key == "wall_seconds":
+            limit, measured = limit - breach.origin_wall, measured - breach.origin_wall
         spec = watch.task.spec if watch.task is not None else self._actor_spec(worker)
         own = getattr(from_wire(spec.budget), key, None) if spec is not None else None
         if key in ("memory", "processes") and own is not None and own < limit:
@@ -522,6 +515,22 @@ def _used(name: str, worker: tuple[Worker, dict[str, int]]) -> int:
     return worker[1][name]
 
 
+_LIMITS_KEPT = 256
+_limits_by_wire: dict[bytes, Limits] = {}
+
+
+def _limits_of(message: pb.Budget) -> Limits:
+    """The limits of a task's budget; tasks mostly share a few, so each is read once."""
+    key = message.SerializeToString()
+    limits = _limits_by_wire.get(key)
+    if limits is None:
+        if len(_limits_by_wire) >= _LIMITS_KEPT:
+            _limits_by_wire.clear()
+        limits = _limits_by_wire[key] = from_wire(message)
+    return limits
+
+
+@functools.lru_cache(maxsize=256)
 def _monitor_budget(limits: Limits) -> Budget:
     return Budget(
         cpu_seconds=limits.cpu_seconds,

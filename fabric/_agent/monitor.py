@@ -24,6 +24,7 @@ a tree: the monitor enforces them, with RLIMIT_CPU per process behind it (rlimit
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import signal
 import threading
@@ -94,6 +95,10 @@ class BudgetBreach:
     enforced_by: str  # MONITOR, or the kernel limit that acted first
     usage: Usage  # the last sample's usage
     breached_at: float  # time.monotonic() estimate of the crossing
+    # Where the current segment's budget counts from (see `BudgetMonitor.begin`): the CPU
+    # seconds and the seconds since the watch began; both 0 without segments.
+    origin_cpu: float = 0.0
+    origin_wall: float = 0.0
 
 
 def _crossing(t0: float, v0: float, t1: float, v1: float, limit: float) -> float:
@@ -116,6 +121,8 @@ class BudgetTracker:
     ) -> None:
         self.budget = budget
         self.started = started
+        self.origin_cpu = 0.0  # where the current segment counts from (BudgetMonitor.begin)
+        self.origin_wall = 0.0
         # The kernel's limit on tasks (threads included) behind the budget's processes.
         self.task_ceiling = task_ceiling
         self.baseline = first.events
@@ -223,6 +230,8 @@ class _Watch:
         self.done = threading.Event()
         self.breach: BudgetBreach | None = None
         self.charged_cpu = 0.0
+        # A segment the agent began and no round has applied yet: (when, relative budget).
+        self.pending: tuple[float, Budget] | None = None
         # Without a group: the tree as last seen, and CPU of members that left it.
         self.members: dict[int, procfs.ProcStat] = {root.pid: root} if root else {}
         self.departed_ticks = 0
@@ -361,24 +370,18 @@ class BudgetMonitor:
         with watch.lock:
             watch.tracker.budget = budget
 
-    def rearm(self, key: Hashable, budget: Budget) -> float:
-        """Give `key` a fresh `budget` whose CPU seconds and wall time count from now (from
-        its last sample, for CPU: at most one interval ago); returns the CPU seconds it had
-        used then. No lock and no wake-up, so that an agent may re-arm a worker for every
-        task it runs: one read of the last sample and one assignment the next round sees."""
+    def begin(self, key: Hashable, budget: Budget) -> None:
+        """Begin a new segment of `key`'s life (a pooled worker's next task) under `budget`,
+        whose CPU seconds and wall time count from the segment's start. One assignment, no
+        lock and no wake-up, so that an agent may call it for every task: the next round
+        applies it, and CPU counts from that round's sample (what the task used before it,
+        at most one interval, is not counted); wall time counts from now."""
         watch = self._watches.get(key)
         if watch is None:
             raise NotWatchedError(key)
-        tracker = watch.tracker
-        used = tracker.last.usage.cpu_seconds
-        elapsed = time.monotonic() - tracker.started
-        tracker.budget = Budget(
-            cpu_seconds=None if budget.cpu_seconds is None else used + budget.cpu_seconds,
-            memory_bytes=budget.memory_bytes,
-            pids=budget.pids,
-            wall_seconds=None if budget.wall_seconds is None else elapsed + budget.wall_seconds,
-        )
-        return used
+        # Until then the last segment's CPU and wall limits must not hold the new one.
+        watch.tracker.budget = _timeless(budget)
+        watch.pending = (time.monotonic(), budget)
 
     def usage(self, key: Hashable) -> Usage:
         """The last sampled usage of `key`."""
@@ -475,6 +478,9 @@ class BudgetMonitor:
                         log.warning("cannot sample worker %r: %s", watch.key, e)
                     watch.unreadable = True
                     continue
+                if watch.pending is not None:
+                    _begin_segment(watch.tracker, watch.pending, sample)
+                    watch.pending = None
                 verdict = watch.tracker.observe(sample)
                 if verdict is not None:
                     watch.state = _KILLING
@@ -557,6 +563,8 @@ class BudgetMonitor:
             enforced_by=verdict.enforced_by,
             usage=watch.tracker.last.usage,
             breached_at=verdict.breached_at,
+            origin_cpu=watch.tracker.origin_cpu,
+            origin_wall=watch.tracker.origin_wall,
         )
         with watch.lock:
             watch.breach = breach
@@ -566,6 +574,28 @@ class BudgetMonitor:
             self.on_breach(breach)
         except Exception:
             log.exception("budget breach callback failed for %r", watch.key)
+
+
+@functools.lru_cache(maxsize=256)
+def _timeless(budget: Budget) -> Budget:
+    """`budget` without its CPU and wall limits, which count from a segment's start."""
+    return Budget(memory_bytes=budget.memory_bytes, pids=budget.pids)
+
+
+def _begin_segment(tracker: BudgetTracker, pending: tuple[float, Budget], sample: Sample) -> None:
+    """Make `tracker`'s budget the segment's `pending` relative budget, counted from the
+    segment's start: CPU from `sample`, wall time from when it began."""
+    began, budget = pending
+    tracker.origin_cpu = sample.usage.cpu_seconds
+    tracker.origin_wall = began - tracker.started
+    tracker.budget = Budget(
+        cpu_seconds=None if budget.cpu_seconds is None else tracker.origin_cpu + budget.cpu_seconds,
+        memory_bytes=budget.memory_bytes,
+        pids=budget.pids,
+        wall_seconds=None
+        if budget.wall_seconds is None
+        else tracker.origin_wall + budget.wall_seconds,
+    )
 
 
 def _tree_usage(stats: list[procfs.ProcStat], departed_ticks: int) -> Usage:

@@ -352,6 +352,10 @@ class NodeAgent(Bundles):
         decision, wire = cached
         spec.budget.CopyFrom(wire)
         spec.budget.retry = retry
+        if decision.outcome is Outcome.ADMIT and not asked.bounded:
+            # It runs under the policy's ceiling, which the policy version already says:
+            # nothing to add to its admission's entry.
+            return None, None
         beyond = asked.beyond(ceiling)
         if beyond is not None:
             key, value, most = beyond
