@@ -519,3 +519,41 @@ def test_workers_carry_rlimits_behind_the_monitor(alice: CoreClient) -> None:
     assert pooled["RLIMIT_CPU"][0] == resource.RLIM_INFINITY
     soft, hard = own["RLIMIT_CPU"]
     assert 20 < soft <= 25 and hard == soft + 1
+
+
+@pytest.mark.parametrize(
+    "forged",
+    [
+        {"cpu_seconds": float("nan")},
+        {"cpu_seconds": float("inf")},
+        {"wall_seconds": -1.0},
+        {"memory": 0},
+        {"processes": 0},
+    ],
+)
+def test_a_forged_budget_the_client_would_never_send_is_refused(
+    alice: CoreClient, forged: dict[str, float]
+) -> None:
+    """A NaN would compare as within any ceiling and never as breached: the agent refuses
+    what the client's own checks keep out, whatever the client."""
+    from fabric._proto import fabric_pb2 as pb
+
+    with acting_as(alice):
+        honest = alice.task_budget_limit
+        alice.task_budget_limit = Limits()
+        original = fabric._budget_wire.to_wire
+
+        def forge(limits: Limits, retry: bool = False) -> pb.Budget:
+            message = original(limits, retry)
+            for key, value in forged.items():
+                setattr(message, key, value)
+            return message
+
+        fabric._options.to_wire = forge  # type: ignore[attr-defined]
+        try:
+            ref = busy.options(budget={"cpu_seconds": 5}).remote()
+        finally:
+            fabric._options.to_wire = original  # type: ignore[attr-defined]
+            alice.task_budget_limit = honest
+        with pytest.raises(fabric.exceptions.InvalidRequestError, match="budget"):
+            fabric.get(ref, timeout=TIMEOUT)

@@ -157,9 +157,11 @@ class BudgetKeeper(Actors):
 
     def task_admitted(self, tenant: str) -> None:
         owner = self.policy.tenant(tenant)
-        if owner is not None and owner.budgets.total_tasks is not None:
-            self.ledger.use(tenant, "total_tasks", 1, time.monotonic())
-            self._ask_lease(tenant, "total_tasks")
+        limit = owner.budgets.total_tasks if owner is not None else None
+        if limit is not None:
+            holding = self.ledger.use(tenant, "total_tasks", 1, time.monotonic())
+            if holding.left < self.ledger.slice_of("total_tasks", limit) / 4:
+                self._ask_lease(tenant, "total_tasks")
 
     def _ask_lease(self, tenant: str, budget: str) -> None:
         owner = self.policy.tenant(tenant)
@@ -334,13 +336,12 @@ class BudgetKeeper(Actors):
         what = "actor" if worker.actor_id else "task"
         key = _POLICY_NAME.get(breach.budget_name, breach.budget_name)
         limit, measured = breach.limit, breach.measured
-        if key == "cpu_seconds":  # counted from the start of the current task's segment
-            limit, measured = limit - breach.origin_cpu, measured - breach.origin_cpu
-        elif key == "wall_seconds":
-            limit, measured = limit - breach.origin_wall, measured - breach.origin_wall
         spec = watch.task.spec if watch.task is not None else self._actor_spec(worker)
         own = getattr(from_wire(spec.budget), key, None) if spec is not None else None
-        if key in ("memory", "processes") and own is not None and own < limit:
+        if key in ("cpu_seconds", "wall_seconds"):  # counted from the segment's start
+            origin = breach.origin_cpu if key == "cpu_seconds" else breach.origin_wall
+            limit, measured = (limit - origin if own is None else own), measured - origin
+        elif own is not None and own < limit:
             # A kernel limit (held at the tenant's ceiling) acted before the monitor saw
             # the work pass its own, lower, budget.
             limit = own

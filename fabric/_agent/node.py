@@ -4,6 +4,7 @@ the cluster view, on top of the object, dispatch and actor layers."""
 from __future__ import annotations
 
 import asyncio
+import math
 import os
 import time
 from collections.abc import Callable
@@ -42,7 +43,7 @@ from fabric._serialization import (
     SerializationError,
 )
 from fabric._views import only_own
-from fabric.policy import Budgets, Decision, Outcome
+from fabric.policy import Budgets, Decision, Limits, Outcome
 from fabric.policy._admission import Usage, admission_refusal, decide_admission
 from fabric.policy._budget_decisions import decide_budget
 from fabric.policy._labels import LabelSelectorError, parse_selector
@@ -55,6 +56,7 @@ from fabric.policy._model import (
 )
 
 BUDGET_DECISIONS_KEPT = 1024
+NO_LIMITS = Limits()
 
 
 class NodeAgent(Bundles):
@@ -331,9 +333,12 @@ class NodeAgent(Bundles):
             return None, None
         kind = "actor" if spec.kind == pb.ACTOR_CREATION else "task"
         ceiling = getattr(tenant.budgets, kind)
-        if not spec.HasField("budget") and not ceiling.bounded and not tenant.budgets.leased:
-            return None, None  # the common case, decided without building anything
-        asked = from_wire(spec.budget)
+        if not spec.HasField("budget"):
+            if not ceiling.bounded and not tenant.budgets.leased:
+                return None, None  # the common case, decided without building anything
+            asked = NO_LIMITS
+        else:
+            asked = from_wire(spec.budget)
         exhausted = self.budget_exhausted(tenant.name) if kind == "task" else None
         if not asked.bounded and not ceiling.bounded and exhausted is None:
             spec.ClearField("budget")
@@ -608,6 +613,14 @@ class NodeAgent(Bundles):
 def _validate_spec(spec: pb.TaskSpec) -> str | None:
     if len(spec.task_id) != 16:
         return "task_id must be 16 bytes"
+    if spec.HasField("budget"):
+        budget = spec.budget
+        for key in ("cpu_seconds", "wall_seconds"):
+            if budget.HasField(key) and not 0 < getattr(budget, key) < math.inf:
+                return f"budget {key} must be a finite number of seconds > 0"
+        for key in ("memory", "processes"):
+            if budget.HasField(key) and getattr(budget, key) == 0:
+                return f"budget {key} must be > 0"
     if spec.num_returns > MAX_RETURNS:
         return f"num_returns must be at most {MAX_RETURNS}"
     if any(v < 0 for v in spec.resources.values()):
