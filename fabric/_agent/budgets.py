@@ -23,7 +23,6 @@ the breach as the cause of every pending and later call (restarted only with ``r
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
 import ctypes
 import functools
@@ -38,14 +37,12 @@ from fabric._agent import procfs
 from fabric._agent.actors import Actors
 from fabric._agent.base import E, error_info
 from fabric._agent.budget_errors import BudgetError
-from fabric._agent.leases import Ledger, Supply
 from fabric._agent.limits import Budget, KernelLimits, WorkerGroup, detect_kernel_limits
 from fabric._agent.monitor import BudgetBreach, BudgetMonitor
 from fabric._agent.rlimits import plan_rlimits
-from fabric._agent.state import Session, TaskEntry
+from fabric._agent.state import TaskEntry
 from fabric._agent.workers import Worker, WorkerState
 from fabric._budget_wire import from_wire
-from fabric._leases import LEASED
 from fabric._proto import fabric_pb2 as pb
 from fabric.policy import Decision, Limits
 from fabric.policy._budget_decisions import decide_stop
@@ -55,7 +52,6 @@ log = logging.getLogger(__name__)
 
 BUDGET_INTERVAL = 0.05  # seconds between samples of a watched worker
 TENANT_CHECK_INTERVAL = 0.1  # seconds between checks of tenants' per-node sums
-LEASE_RETRY = 0.5  # seconds before asking an unreachable head for a lease again
 ORPHAN_REAP_DELAY = 0.5  # seconds after a worker exits: its killed tree has died by then
 PR_SET_CHILD_SUBREAPER = 36
 
@@ -90,8 +86,8 @@ class BudgetKeeper(Actors):
     """The node agent's budget enforcement (see the module docstring)."""
 
     if TYPE_CHECKING:
-        # Defined by node.py.
-        def _submit(self, session: Session, spec: pb.TaskSpec, request_id: int) -> None: ...
+        # Defined by window_budgets.py.
+        def _charge_cpu(self) -> None: ...
 
     def start_budgets(self, kernel: KernelLimits | None = None) -> None:
         self.kernel_limits = kernel or detect_kernel_limits(
@@ -103,138 +99,12 @@ class BudgetKeeper(Actors):
         self._stops: dict[int, Stop] = {}  # worker id -> why it was stopped
         self._tenant_timer: asyncio.TimerHandle | None = None
         self._loop = asyncio.get_running_loop()
-        self.ledger = Ledger()
         # (policy version, tenant, kind, asked, exhausted) -> the admission's decision and
         # the effective budget (see NodeAgent._budget_decision).
         self._budget_decisions: dict[tuple[object, ...], tuple[Decision, pb.Budget]] = {}
-        self._parked: dict[str, collections.deque[tuple[int, pb.TaskSpec, int]]] = {}
         self._tenant_of: dict[int, str] = {}  # watched worker id -> tenant (CPU charges)
         # Killed trees leave orphans; where pid 1 does not reap them, this agent does.
         self._reaping = _adopt_orphans()
-
-    def budget_exhausted(self, tenant: str) -> tuple[str, float, float] | None:
-        """(budget, limit, used) when `tenant`'s cluster-wide budget for the window is used
-        up (the head has leased all of it and this agent's share is spent)."""
-        owner = self.policy.tenant(tenant)
-        if owner is None or not owner.budgets.leased:
-            return None
-        now = time.monotonic()
-        for budget in LEASED:
-            if getattr(owner.budgets, budget) is None:
-                continue
-            holding = self.ledger.holding(tenant, budget, now)
-            if holding.exhausted and holding.left < (1.0 if budget == "total_tasks" else 1e-9):
-                return budget, holding.limit, holding.limit
-        return None
-
-    # --- cluster-wide budgets: leases from the head ---------------------------------
-
-    def park_for_lease(self, session: Session, spec: pb.TaskSpec, request_id: int) -> bool:
-        """Hold a task submission while this agent has no lease of its tenant's
-        ``total_tasks`` to admit it under (and one is asked for); True if it was held."""
-        if spec.kind != pb.NORMAL_TASK:
-            return False
-        tenant = session.tenant
-        parked = self._parked.get(tenant)
-        if parked is None:
-            owner = self.policy.tenant(tenant)
-            if owner is None or owner.budgets.total_tasks is None:
-                return False
-            supply = self.ledger.supply(tenant, "total_tasks", 1, time.monotonic())
-            if supply is not Supply.WAIT:
-                return False
-            parked = self._parked[tenant] = collections.deque()
-            self._ask_lease(tenant, "total_tasks")
-        parked.append((session.session_id, spec, request_id))
-        return True
-
-    def lease_prefetch(self, tenant: str) -> None:
-        """Ask for this window's first leases of `tenant` before its work needs them."""
-        owner = self.policy.tenant(tenant)
-        if owner is not None and owner.budgets.leased:
-            for budget in LEASED:
-                self._ask_lease(tenant, budget)
-
-    def task_admitted(self, tenant: str) -> None:
-        owner = self.policy.tenant(tenant)
-        limit = owner.budgets.total_tasks if owner is not None else None
-        if limit is not None:
-            holding = self.ledger.use(tenant, "total_tasks", 1, time.monotonic())
-            if holding.left < self.ledger.slice_of("total_tasks", limit) / 4:
-                self._ask_lease(tenant, "total_tasks")
-
-    def _ask_lease(self, tenant: str, budget: str) -> None:
-        owner = self.policy.tenant(tenant)
-        limit = getattr(owner.budgets, budget) if owner is not None else None
-        if limit is None:
-            return
-        now = time.monotonic()
-        want = self.ledger.want(tenant, budget, limit, now)
-        if want is not None:
-            used = self.ledger.holding(tenant, budget, now).used
-            self._loop.create_task(self._request_lease(tenant, budget, want, used))
-
-    async def _request_lease(self, tenant: str, budget: str, want: float, used: float) -> None:
-        try:
-            lease = await self.directory.lease_budget(tenant, budget, want, used)
-        except Exception as error:  # the head is away: work waits, and we ask again
-            log.warning("no lease of %s's %s from the head: %s", tenant, budget, error)
-            self.ledger.failed(tenant, budget, time.monotonic())
-            self._loop.call_later(LEASE_RETRY, self._ask_lease, tenant, budget)
-            return
-        self.ledger.granted(
-            tenant,
-            budget,
-            lease.granted,
-            want,
-            lease.window,
-            lease.seconds_left,
-            lease.limit,
-            time.monotonic(),
-        )
-        if budget == "total_tasks":
-            self._release_parked(tenant)
-        else:
-            self._enforce_cpu(tenant)
-
-    def _release_parked(self, tenant: str) -> None:
-        parked = self._parked.pop(tenant, None)
-        while parked:
-            session_id, spec, request_id = parked[0]
-            session = self.sessions.get(session_id)
-            if session is None:
-                parked.popleft()
-                continue
-            if self.ledger.supply(tenant, "total_tasks", 1, time.monotonic()) is Supply.WAIT:
-                self._parked[tenant] = parked
-                self._ask_lease(tenant, "total_tasks")
-                return
-            parked.popleft()
-            self._submit(session, spec, request_id)
-
-    def _charge_cpu(self) -> None:
-        """Charge the CPU the monitor measured to the tenants' leases."""
-        for key, seconds in self.budget_monitor.take_cpu_deltas().items():
-            tenant = self._tenant_of.get(key)  # type: ignore[call-overload]
-            if tenant is not None:
-                self.ledger.use(tenant, "cpu_seconds", seconds, time.monotonic())
-        for key in [k for k in self._tenant_of if k not in self._watches]:
-            del self._tenant_of[key]
-        for tenant in {w.worker.tenant for w in self._watches.values()}:
-            owner = self.policy.tenant(tenant)
-            if owner is not None and owner.budgets.cpu_seconds is not None:
-                self._ask_lease(tenant, "cpu_seconds")
-                self._enforce_cpu(tenant)
-
-    def _enforce_cpu(self, tenant: str) -> None:
-        """Stop every worker of `tenant` here once its window's CPU seconds are spent."""
-        exhausted = self.budget_exhausted(tenant)
-        if exhausted is None or exhausted[0] != "cpu_seconds":
-            return
-        _, limit, _ = exhausted
-        for watch in list(self._watches.values()):
-            if watch.worker.tenant == tenant:
-                self._stop_tenant_worker(watch.worker, "tenant.cpu_seconds", limit, limit)
 
     def close_budgets(self) -> None:
         self.budget_monitor.close()

@@ -31,9 +31,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from fabric._agent.base import PLACING_RETRY, E, Key, error_info, refusal
-from fabric._agent.budgets import BudgetKeeper
 from fabric._agent.scheduler import fits, shape_of
 from fabric._agent.state import ObjEntry, ObjState, Session, TaskEntry, TaskState, return_id
+from fabric._agent.window_budgets import WindowBudgets
 from fabric._bundle_resources import (
     ANY_BUNDLE,
     PREFIX,
@@ -148,7 +148,7 @@ def _removed(group_id: bytes) -> pb.ErrorInfo:
     )
 
 
-class Bundles(BudgetKeeper):
+class Bundles(WindowBudgets):
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.groups: dict[Key, Group] = {}  # coordinated here
