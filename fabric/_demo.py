@@ -40,6 +40,12 @@ def make_array(n: int) -> np.ndarray:
     return np.arange(n, dtype=np.float64)
 
 
+@fabric.remote
+def runaway() -> None:
+    while True:  # a bug: it never ends
+        pass
+
+
 class _Ledger:
     def __init__(self) -> None:
         self.entries: list[str] = []
@@ -119,6 +125,17 @@ def run(print_: Callable[[str], Any] = print) -> dict[str, Any]:
                 f"{[n for _, n in records]}"
             )
             facts["actor"] = records
+
+            stopped_at = time.perf_counter()
+            try:
+                fabric.get(runaway.options(budget={"cpu_seconds": 0.5}).remote())
+            except fabric.exceptions.BudgetExceededError as error:
+                print_(
+                    f"\nA runaway task under budget={{'cpu_seconds': 0.5}} was stopped after "
+                    f"{time.perf_counter() - stopped_at:.1f} s: {error.budget}, limit "
+                    f"{error.limit:g} s, measured {error.measured:.2f} s"
+                )
+                facts["stopped"] = (error.budget, error.limit)
             print_(f"\nDone in {time.perf_counter() - started:.1f} s.")
         finally:
             fabric.shutdown()

@@ -83,6 +83,9 @@ def test_demo_runs_on_three_regions() -> None:
         assert f"ran on {node:<14}({region})" in out, out
     assert "summed on us-east-1" in out and "4,194,304" in out
     assert "5 calls ran in order: [1, 2, 3, 4, 5]" in out
+    assert re.search(
+        r"A runaway task .* was stopped after .*: task\.cpu_seconds, limit 0\.5 s", out
+    )
 
 
 def test_policy_commands_run() -> None:
