@@ -40,11 +40,11 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from fabric._agent import procfs
+from fabric._agent.cgroup_setup import detect_kernel_limits
 from fabric._agent.limits import (
     Budget,
     KernelLimits,
     WorkerGroup,
-    detect_kernel_limits,
 )
 from fabric._agent.monitor import BudgetMonitor
 from fabric._agent.rlimits import plan_rlimits

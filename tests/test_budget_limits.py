@@ -25,13 +25,13 @@ from fabric._agent.budget_errors import (
     InvalidGroupNameError,
     RlimitError,
 )
+from fabric._agent.cgroup_setup import detect_kernel_limits
 from fabric._agent.limits import (
     DISABLE_ENV,
     Budget,
     KernelLimits,
     Limits,
     WorkerGroup,
-    detect_kernel_limits,
 )
 from fabric._agent.monitor import KERNEL_RLIMIT_CPU, BudgetBreach, BudgetMonitor
 from fabric._agent.rlimits import RLIMITS_ENV, apply_rlimits_from_env, plan_rlimits
@@ -305,7 +305,8 @@ def test_the_memory_limit_kills_and_is_counted(cgroups: KernelLimits) -> None:
 
 AGENT = """
 import subprocess, sys
-from fabric._agent.limits import Limits, detect_kernel_limits
+from fabric._agent.cgroup_setup import detect_kernel_limits
+from fabric._agent.limits import Limits
 limits = detect_kernel_limits(agent=sys.argv[1])
 group = limits.create_group("w", Limits(pids=8))
 sleeper = subprocess.Popen(["sleep", "120"], start_new_session=True)

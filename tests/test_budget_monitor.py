@@ -19,13 +19,13 @@ from fabric._agent.budget_errors import (
     MonitorClosedError,
     NotWatchedError,
 )
+from fabric._agent.cgroup_setup import detect_kernel_limits
 from fabric._agent.limits import (
     Budget,
     KernelEvents,
     KernelLimits,
     Limits,
     Usage,
-    detect_kernel_limits,
 )
 from fabric._agent.monitor import (
     KERNEL_MEMORY,

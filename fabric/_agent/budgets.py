@@ -37,7 +37,8 @@ from fabric._agent import procfs
 from fabric._agent.actors import Actors
 from fabric._agent.base import E, error_info
 from fabric._agent.budget_errors import BudgetError
-from fabric._agent.limits import Budget, KernelLimits, WorkerGroup, detect_kernel_limits
+from fabric._agent.cgroup_setup import detect_kernel_limits
+from fabric._agent.limits import Budget, KernelLimits, WorkerGroup
 from fabric._agent.monitor import BudgetBreach, BudgetMonitor
 from fabric._agent.rlimits import plan_rlimits
 from fabric._agent.state import TaskEntry

@@ -2,11 +2,10 @@
 the backstop behind the budget monitor (monitor.py); rlimits.py adds the per-process rlimits
 every machine has.
 
-`detect_kernel_limits` finds what the machine offers (cgroup v2, cgroup v1, or nothing
-writable) and proves it: it creates a probe group, writes a limit of every controller,
-moves a helper process in and kills it through the group. The `KernelLimits` it returns
-says in `describe()` which mechanism is in force and why, makes one `WorkerGroup` per
-worker with `create_group`, and removes everything on `close`.
+`detect_kernel_limits` (in cgroup_setup.py) finds what the machine offers (cgroup v2,
+cgroup v1, or nothing writable) and proves it. The `KernelLimits` it returns says in
+`describe()` which mechanism is in force and why, makes one `WorkerGroup` per worker with
+`create_group`, and removes everything on `close`.
 
 Layout: ``<agent's own cgroup>/fabric-<agent>/<group>`` in every hierarchy used (one in
 v2; one per controller mount in v1). The agent's own cgroup is the one /proc/self/cgroup
@@ -20,13 +19,10 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import fcntl
 import logging
 import os
 import re
 import signal
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -35,7 +31,6 @@ from pathlib import Path
 
 from fabric._agent import procfs
 from fabric._agent.budget_errors import (
-    AgentGroupInUseError,
     BudgetError,
     CgroupUnavailableError,
     CgroupWriteError,
@@ -56,8 +51,8 @@ DISABLE_ENV = "FABRIC_NO_CGROUPS"
 V1_CONTROLLERS = ("memory", "cpu", "cpuacct", "pids", "freezer")
 V2_CONTROLLERS = ("memory", "cpu", "pids")
 CPU_PERIOD_US = 100_000
-_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.-]{0,99}")
-_PROBE_LIMITS_MEMORY = 1 << 30
+GROUP_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.-]{0,99}")
+PROBE_MEMORY = 1 << 30
 
 
 @dataclass(frozen=True)
@@ -118,7 +113,7 @@ class KernelEvents:
 
 
 @dataclass(frozen=True)
-class _Hierarchy:
+class Hierarchy:
     """One mounted cgroup hierarchy and the agent's own cgroup in it."""
 
     mount: Path
@@ -129,7 +124,7 @@ class _Hierarchy:
 # -- small file helpers ----------------------------------------------------------------
 
 
-def _write(path: Path, text: str) -> None:
+def write_control(path: Path, text: str) -> None:
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
     except OSError as e:
@@ -142,7 +137,7 @@ def _write(path: Path, text: str) -> None:
         os.close(fd)
 
 
-def _read(path: Path) -> str:
+def read_control(path: Path) -> str:
     with open(path) as f:
         return f.read()
 
@@ -239,7 +234,7 @@ class WorkerGroup:
     def add(self, pid: int) -> None:
         """Move process `pid` (all its threads) into the group."""
         for path in self.paths:
-            _write(path / "cgroup.procs", str(pid))
+            write_control(path / "cgroup.procs", str(pid))
 
     def pids(self) -> list[int]:
         """The processes in the group (in any of its hierarchies)."""
@@ -318,7 +313,7 @@ class WorkerGroup:
         """
         deadline = time.monotonic() + timeout
         if self.version == 2 and (self.dirs[""] / "cgroup.kill").exists():
-            _write(self.dirs[""] / "cgroup.kill", "1")
+            write_control(self.dirs[""] / "cgroup.kill", "1")
             if not self._wait_empty(deadline):
                 raise KillFailedError(f"group {self.name!r}", self.pids(), timeout)
             return
@@ -343,7 +338,7 @@ class WorkerGroup:
         else:
             yield
             return
-        _write(state, frozen)
+        write_control(state, frozen)
         try:
             # Freezing waits for every task to reach a safe point; a task stuck in
             # uninterruptible sleep can hold it up, so give up waiting after a while and
@@ -353,12 +348,12 @@ class WorkerGroup:
                 time.sleep(0.0005)
             yield
         finally:
-            _write(state, thawed)
+            write_control(state, thawed)
 
     def _is_frozen(self) -> bool:
         if self.version == 2:
-            return _keyed(_read(self.dirs[""] / "cgroup.events"), "frozen") == 1
-        return _read(self.dirs["freezer"] / "freezer.state").strip() == "FROZEN"
+            return _keyed(read_control(self.dirs[""] / "cgroup.events"), "frozen") == 1
+        return read_control(self.dirs["freezer"] / "freezer.state").strip() == "FROZEN"
 
     def _wait_empty(self, deadline: float) -> bool:
         """Whether the group emptied before `deadline`."""
@@ -402,7 +397,7 @@ class KernelLimits:
     version: int | None
     controllers: frozenset[str]
     reason: str
-    hierarchies: tuple[_Hierarchy, ...] = ()
+    hierarchies: tuple[Hierarchy, ...] = ()
     _locks: list[int] = field(default_factory=list, repr=False)
     _groups: dict[str, WorkerGroup] = field(default_factory=dict, repr=False)
     _closed: bool = field(default=False, repr=False)
@@ -440,7 +435,7 @@ class KernelLimits:
         """A new group `name` below the agent's parent group, with `limits` written."""
         if self.version is None:
             raise CgroupUnavailableError(self.reason)
-        if not _NAME.fullmatch(name):
+        if not GROUP_NAME.fullmatch(name):
             raise InvalidGroupNameError(name)
         if name in self._groups:
             raise GroupExistsError(name)
@@ -468,7 +463,7 @@ class KernelLimits:
                     log.warning("cannot remove %r: %s", group, e)
             if self.version is not None:
                 try:
-                    _remove_parent(self.version, self.hierarchies, self.agent)
+                    remove_parent(self.version, self.hierarchies, self.agent)
                 except BudgetError as e:
                     log.warning("cannot remove %s: %s", self.parents, e)
         finally:
@@ -532,346 +527,35 @@ def _make_group(owner: KernelLimits, name: str, limits: Limits) -> WorkerGroup:
 def _write_v1_limits(dirs: dict[str, Path], limits: Limits) -> None:
     if limits.memory_bytes is not None and "memory" in dirs:
         mem = dirs["memory"]
-        _write(mem / "memory.limit_in_bytes", str(limits.memory_bytes))
+        write_control(mem / "memory.limit_in_bytes", str(limits.memory_bytes))
         # With swap, memory+swap gets the same ceiling, so the budget cannot swap out.
         if (mem / "memory.memsw.limit_in_bytes").exists():
-            _write(mem / "memory.memsw.limit_in_bytes", str(limits.memory_bytes))
+            write_control(mem / "memory.memsw.limit_in_bytes", str(limits.memory_bytes))
     if limits.cpus is not None and "cpu" in dirs:
-        period = int(_read(dirs["cpu"] / "cpu.cfs_period_us"))
+        period = int(read_control(dirs["cpu"] / "cpu.cfs_period_us"))
         quota = max(1000, int(limits.cpus * period))
-        _write(dirs["cpu"] / "cpu.cfs_quota_us", str(quota))
+        write_control(dirs["cpu"] / "cpu.cfs_quota_us", str(quota))
     if limits.pids is not None and "pids" in dirs:
-        _write(dirs["pids"] / "pids.max", str(limits.pids))
+        write_control(dirs["pids"] / "pids.max", str(limits.pids))
 
 
 def _write_v2_limits(dirs: dict[str, Path], limits: Limits) -> None:
     if limits.memory_bytes is not None and "memory" in dirs:
         mem = dirs["memory"]
-        _write(mem / "memory.max", str(limits.memory_bytes))
+        write_control(mem / "memory.max", str(limits.memory_bytes))
         if (mem / "memory.swap.max").exists():
-            _write(mem / "memory.swap.max", "0")
+            write_control(mem / "memory.swap.max", "0")
         # At the limit the kernel kills the whole group, not just its largest process.
         if (mem / "memory.oom.group").exists():
-            _write(mem / "memory.oom.group", "1")
+            write_control(mem / "memory.oom.group", "1")
     if limits.cpus is not None and "cpu" in dirs:
         quota = max(1000, int(limits.cpus * CPU_PERIOD_US))
-        _write(dirs["cpu"] / "cpu.max", f"{quota} {CPU_PERIOD_US}")
+        write_control(dirs["cpu"] / "cpu.max", f"{quota} {CPU_PERIOD_US}")
     if limits.pids is not None and "pids" in dirs:
-        _write(dirs["pids"] / "pids.max", str(limits.pids))
+        write_control(dirs["pids"] / "pids.max", str(limits.pids))
 
 
-def detect_kernel_limits(
-    root: Path | None = None, *, agent: str | None = None, use_cgroups: bool = True
-) -> KernelLimits:
-    """Find and prove the kernel limits this machine offers, and make the agent's parent
-    group ``fabric-<agent>``; groups of dead agents found beside it are removed.
-
-    `root` is where cgroups are mounted (default: read from /proc/self/mountinfo, usually
-    /sys/fs/cgroup). With `use_cgroups=False`, or FABRIC_NO_CGROUPS=1 in the environment,
-    no cgroup is touched. Never raises for a machine without cgroups: the result says why.
-    Raises AgentGroupInUseError if a live agent already holds ``fabric-<agent>``.
-    """
-    agent = agent if agent is not None else f"pid{os.getpid()}"
-    if not _NAME.fullmatch(agent):
-        raise InvalidGroupNameError(agent)
-    if not use_cgroups:
-        return KernelLimits(agent, None, frozenset(), "cgroups disabled by the caller")
-    if os.environ.get(DISABLE_ENV) == "1":
-        return KernelLimits(agent, None, frozenset(), f"{DISABLE_ENV}=1 is set")
-    candidates, reasons = _find_layouts(root)
-    for version, hierarchies in candidates:
-        try:
-            return _open_layout(version, hierarchies, agent)
-        except _Unusable as e:
-            reasons.append(str(e))
-    return KernelLimits(agent, None, frozenset(), "; ".join(reasons) or "none found")
-
-
-class _Unusable(Exception):
-    """A cgroup layout failed its probe; the message says how."""
-
-
-def _mounts() -> list[tuple[str, Path, str, set[str]]]:
-    """(mount root, mount point, fs type, super options) of the cgroup mounts."""
-    found = []
-    try:
-        text = _read(MOUNTINFO)
-    except OSError:
-        return []
-    for line in text.splitlines():
-        left, _, right = line.partition(" - ")
-        fields, extra = left.split(), right.split()
-        if len(fields) < 5 or len(extra) < 3 or extra[0] not in ("cgroup", "cgroup2"):
-            continue
-        mount_point = Path(fields[4].replace("\\040", " "))
-        found.append((fields[3], mount_point, extra[0], set(extra[2].split(","))))
-    return found
-
-
-def _own_paths() -> dict[str, str]:
-    """controller -> own cgroup path in its v1 hierarchy; "" -> own v2 path."""
-    own: dict[str, str] = {}
-    try:
-        text = _read(SELF_CGROUP)
-    except OSError:
-        return own
-    for line in text.splitlines():
-        _, controllers, path = line.split(":", 2)
-        for controller in controllers.split(",") if controllers else [""]:
-            own[controller] = path
-    return own
-
-
-def _base(mount_root: str, mount_point: Path, own: str | None) -> Path:
-    """The agent's own cgroup as a directory below `mount_point`."""
-    if own is None or own.startswith("/.."):
-        return mount_point
-    if mount_root != "/":
-        if own != mount_root and not own.startswith(mount_root + "/"):
-            return mount_point
-        own = own[len(mount_root) :] or "/"
-    base = mount_point / own.lstrip("/")
-    return base if base.is_dir() else mount_point
-
-
-def _read_only(path: Path) -> bool:
-    try:
-        return bool(os.statvfs(path).f_flag & os.ST_RDONLY)
-    except OSError:
-        return False
-
-
-def _find_layouts(root: Path | None) -> tuple[list[tuple[int, tuple[_Hierarchy, ...]]], list[str]]:
-    """Candidate layouts, best first, and why others were not candidates."""
-    own = _own_paths()
-    mounts = _mounts()
-    v2: list[_Hierarchy] = []
-    v1: dict[Path, _Hierarchy] = {}
-    if root is not None:
-        if not root.is_dir():
-            return [], [f"{root} does not exist"]
-        by_point = {point: (mroot, kind) for mroot, point, kind, _ in mounts}
-        if (root / "cgroup.controllers").exists():
-            mroot, _ = by_point.get(root, ("/", "cgroup2"))
-            own_path = own.get("") if root in by_point else None
-            v2.append(_v2_hierarchy(root, _base(mroot, root, own_path)))
-        else:
-            for controller in V1_CONTROLLERS:
-                point = root / controller
-                if not (point / "cgroup.procs").exists():
-                    continue
-                real = point.resolve()
-                if real in v1:
-                    h = v1[real]
-                    v1[real] = _Hierarchy(h.mount, h.controllers | {controller}, h.base)
-                    continue
-                mroot, _ = by_point.get(real, ("/", "cgroup"))
-                own_path = own.get(controller) if real in by_point else None
-                v1[real] = _Hierarchy(real, frozenset({controller}), _base(mroot, real, own_path))
-            if not v1:
-                return [], [f"{root} is not a cgroup filesystem"]
-    else:
-        for mroot, point, kind, options in mounts:
-            if kind == "cgroup2":
-                v2.append(_v2_hierarchy(point, _base(mroot, point, own.get(""))))
-                continue
-            controllers = frozenset(options & set(V1_CONTROLLERS))
-            if controllers:
-                own_path = own.get(next(iter(controllers)))
-                v1[point] = _Hierarchy(point, controllers, _base(mroot, point, own_path))
-        if not v1 and not v2:
-            return [], ["no cgroup filesystem is mounted"]
-    writable_v2 = [h for h in v2 if not _read_only(h.mount)]
-    writable_v1 = tuple(sorted((h for h in v1.values() if not _read_only(h.mount)), key=_order))
-    if not writable_v2 and not writable_v1:
-        mounts_seen = [h.mount for h in [*v2, *v1.values()]]
-        if root is None and all(m.is_relative_to(CGROUP_MOUNT) for m in mounts_seen):
-            return [], [f"read-only {CGROUP_MOUNT}"]
-        return [], [f"read-only {', '.join(map(str, mounts_seen))}"]
-    candidates: list[tuple[int, tuple[_Hierarchy, ...]]] = []
-    # cgroup v2 with controllers first, then v1, then v2 for tracking and kill only (a
-    # hybrid machine's /sys/fs/cgroup/unified).
-    candidates += [(2, (h,)) for h in writable_v2 if h.controllers]
-    if writable_v1:
-        candidates.append((1, writable_v1))
-    candidates += [(2, (h,)) for h in writable_v2 if not h.controllers]
-    return candidates, []
-
-
-def _order(h: _Hierarchy) -> int:
-    return min(V1_CONTROLLERS.index(c) for c in h.controllers)
-
-
-def _v2_hierarchy(mount: Path, base: Path) -> _Hierarchy:
-    try:
-        offered = set(_read(base / "cgroup.controllers").split())
-    except OSError:
-        offered = set()
-    return _Hierarchy(mount, frozenset(offered & set(V2_CONTROLLERS)), base)
-
-
-@contextlib.contextmanager
-def _locked(paths: list[Path], timeout: float = 10.0) -> Iterator[None]:
-    """Hold an exclusive flock on each of `paths` (in order) for the block."""
-    fds: list[int] = []
-    try:
-        for path in paths:
-            fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-            fds.append(fd)
-            deadline = time.monotonic() + timeout
-            while True:
-                try:
-                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    break
-                except BlockingIOError:
-                    if time.monotonic() > deadline:
-                        raise _Unusable(f"{path} stayed locked for {timeout:g} s") from None
-                    time.sleep(0.01)
-        yield
-    finally:
-        for fd in fds:
-            os.close(fd)
-
-
-def _try_lock(path: Path) -> int | None:
-    """An fd holding the flock of directory `path`, or None if a live agent holds it."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    except OSError:
-        return None
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        os.close(fd)
-        return None
-    return fd
-
-
-def _open_layout(version: int, hierarchies: tuple[_Hierarchy, ...], agent: str) -> KernelLimits:
-    label = f"cgroup v{version}"
-    parent_name = f"{GROUP_PREFIX}{agent}"
-    bases = list(dict.fromkeys(h.base for h in hierarchies))
-    usable: list[_Hierarchy] = []
-    locks: list[int] = []
-    problems: list[str] = []
-    try:
-        with _locked(bases):
-            _clean_leftovers(version, hierarchies, agent)
-            for h in hierarchies:
-                parent = h.base / parent_name
-                try:
-                    parent.mkdir()
-                except OSError as e:
-                    problems.append(f"cannot create {parent}: {e.strerror}")
-                    continue
-                fd = _try_lock(parent)
-                if fd is None:  # cannot happen while the bases are locked
-                    raise AgentGroupInUseError(parent)
-                locks.append(fd)
-                usable.append(h)
-        if not usable:
-            raise _Unusable(f"{label}: " + "; ".join(problems))
-        if version == 2:
-            usable = [_enable_v2(usable[0], parent_name, problems)]
-        controllers = frozenset().union(*(h.controllers for h in usable))
-        limits = KernelLimits(agent, version, controllers, "", tuple(usable), locks)
-        locks = []
-        try:
-            _probe(limits, problems)  # may drop controllers from `limits`
-        except BaseException:
-            limits.close()
-            raise
-        limits.reason = "; ".join(problems)
-        return limits
-    finally:
-        for fd in locks:
-            os.close(fd)
-
-
-def _enable_v2(h: _Hierarchy, parent_name: str, problems: list[str]) -> _Hierarchy:
-    """Turn on the controllers below the agent's parent group; those that refuse drop."""
-    enabled = set(h.controllers)
-    for where in (h.base, h.base / parent_name):
-        try:
-            active = set(_read(where / "cgroup.subtree_control").split())
-        except OSError:
-            active = set()
-        for controller in sorted(enabled - active):
-            try:
-                _write(where / "cgroup.subtree_control", f"+{controller}")
-            except CgroupWriteError as e:
-                enabled.discard(controller)
-                why = e.cause.strerror
-                if e.cause.errno == errno.EBUSY:
-                    why = "it holds processes; run the agent in a delegated, empty subtree"
-                problems.append(f"{controller} cannot be enabled below {where} ({why})")
-    missing = [c for c in V2_CONTROLLERS if c not in h.controllers and c not in enabled]
-    if missing and not problems:
-        problems.append(f"{', '.join(missing)} not offered by {h.base}")
-    return _Hierarchy(h.mount, frozenset(enabled), h.base)
-
-
-def _probe(kernel: KernelLimits, problems: list[str]) -> None:
-    """Prove the layout: a group with a limit of every controller, a process moved in and
-    killed through the group. Controllers whose limit cannot be written are dropped."""
-    label = f"cgroup v{kernel.version}"
-    name = f"probe-{os.getpid()}"
-    trial = Limits(memory_bytes=_PROBE_LIMITS_MEMORY, cpus=1.0, pids=1 << 16)
-    for _ in range(len(kernel.controllers) + 1):
-        try:
-            group = kernel.create_group(name, trial)
-            break
-        except CgroupWriteError as e:
-            dropped = _controller_of(e.path)
-            if dropped is None or dropped not in kernel.controllers:
-                raise _Unusable(f"{label}: {e}") from e
-            problems.append(f"{dropped}: {e}")
-            kernel.controllers = kernel.controllers - {dropped}
-    else:  # pragma: no cover - every controller was dropped and the loop ran out
-        raise _Unusable(f"{label}: no controller accepts limits")
-    helper = subprocess.Popen(
-        [sys.executable, "-S", "-c", "import os; os.read(0, 1)"],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-    try:
-        try:
-            group.add(helper.pid)
-        except CgroupWriteError as e:
-            raise _Unusable(f"{label}: {e}") from e
-        if helper.pid not in group.pids():
-            raise _Unusable(f"{label}: a process moved into {group.paths[0]} is not listed")
-        if kernel.version == 2 and (group.dirs[""] / "cgroup.kill").exists():
-            kernel.controllers = kernel.controllers | {"kill"}
-        try:
-            group.kill(timeout=2.0)
-        except (CgroupWriteError, KillFailedError) as e:
-            if "freezer" not in group.controllers:
-                raise _Unusable(f"{label}: {e}") from e
-            problems.append(f"freezer: {e}")
-            kernel.controllers = kernel.controllers - {"freezer"}
-            group.dirs.pop("freezer", None)
-            group.controllers = group.controllers - {"freezer"}
-            group.kill(timeout=2.0)
-        helper.wait(timeout=5.0)
-    finally:
-        if helper.poll() is None:
-            helper.kill()
-            helper.wait()
-        with contextlib.suppress(GroupNotEmptyError, CgroupWriteError):
-            group.remove()
-
-
-def _controller_of(path: Path) -> str | None:
-    prefix = path.name.split(".", 1)[0]
-    if prefix == "cpuacct" or prefix == "freezer":
-        return prefix
-    return prefix if prefix in ("memory", "cpu", "pids") else None
-
-
-def _existing_group(version: int, hierarchies: tuple[_Hierarchy, ...], rel: str) -> WorkerGroup:
+def _existing_group(version: int, hierarchies: tuple[Hierarchy, ...], rel: str) -> WorkerGroup:
     """A WorkerGroup over the directories found at `rel` below the bases (what a dead agent
     left, or our own parent group at close)."""
     dirs: dict[str, Path] = {}
@@ -885,38 +569,7 @@ def _existing_group(version: int, hierarchies: tuple[_Hierarchy, ...], rel: str)
     return WorkerGroup(rel, version, dirs, Limits())
 
 
-def _clean_leftovers(version: int, hierarchies: tuple[_Hierarchy, ...], agent: str) -> None:
-    """Kill and remove the groups of dead agents beside ours (their parents' locks are
-    free). Our own name held by a live agent is an error."""
-    dead: dict[str, list[int]] = {}
-    try:
-        for h in hierarchies:
-            try:
-                entries = sorted(os.listdir(h.base))
-            except OSError:
-                continue
-            for entry in entries:
-                path = h.base / entry
-                if not entry.startswith(GROUP_PREFIX) or not path.is_dir():
-                    continue
-                fd = _try_lock(path)
-                if fd is None:
-                    if entry == f"{GROUP_PREFIX}{agent}":
-                        raise AgentGroupInUseError(path)
-                    continue
-                dead.setdefault(entry, []).append(fd)
-        for parent in dead:
-            try:
-                _remove_parent(version, hierarchies, parent[len(GROUP_PREFIX) :])
-            except BudgetError as e:
-                log.warning("cannot remove %s left by a dead agent: %s", parent, e)
-    finally:
-        for fds in dead.values():
-            for fd in fds:
-                os.close(fd)
-
-
-def _remove_parent(version: int, hierarchies: tuple[_Hierarchy, ...], agent: str) -> None:
+def remove_parent(version: int, hierarchies: tuple[Hierarchy, ...], agent: str) -> None:
     """Kill every process below ``fabric-<agent>`` and remove its groups and itself."""
     parent = f"{GROUP_PREFIX}{agent}"
     names: set[str] = set()
