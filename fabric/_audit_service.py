@@ -46,7 +46,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import replace
 from pathlib import Path
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import grpc
 from cryptography.hazmat.primitives import serialization
@@ -72,6 +72,9 @@ from fabric.audit import (
     verify_checkpoint,
 )
 from fabric.policy._model import Policy
+
+if TYPE_CHECKING:
+    from fabric._tls import PeerAuthenticator
 
 log = logging.getLogger("fabric.head.audit")
 
@@ -507,6 +510,37 @@ class HeadAudit:
 
 
 # --- checks -------------------------------------------------------------------------------
+
+
+class AuditRpcs:
+    """The Head service's audit RPCs, for a servicer that holds the authenticator, the
+    head's audit log and the policy in force (the head's service, and tests' own)."""
+
+    auth: PeerAuthenticator
+    audit: HeadAudit
+    policy: Policy
+
+    async def AppendAudit(
+        self, request: pb.AuditRecords, context: grpc.aio.ServicerContext
+    ) -> pb.AuditAck:
+        identity = await self.auth.identity_async(context)
+        return await self.audit.AppendAudit(request, context, identity)
+
+    async def QueryAudit(self, request: pb.AuditQuery, context: grpc.aio.ServicerContext) -> None:
+        identity = await self.auth.identity_async(context)
+        await self.audit.QueryAudit(request, context, identity, self.policy)
+
+    async def ProveAudit(
+        self, request: pb.AuditProveRequest, context: grpc.aio.ServicerContext
+    ) -> pb.AuditProof:
+        identity = await self.auth.identity_async(context)
+        return await self.audit.ProveAudit(request, context, identity, self.policy)
+
+    async def AuditCheckpoint(
+        self, request: pb.AuditCheckpointRequest, context: grpc.aio.ServicerContext
+    ) -> pb.AuditCheckpointReply:
+        identity = await self.auth.identity_async(context)
+        return await self.audit.AuditCheckpoint(request, context, identity)
 
 
 BACKGROUND_NICE = 10

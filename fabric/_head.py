@@ -20,7 +20,7 @@ import grpc
 
 from fabric import _reporting as reporting
 from fabric._audit_service import ALLOWED_KINDS as AUDIT_KINDS
-from fabric._audit_service import HeadAudit
+from fabric._audit_service import AuditRpcs, HeadAudit
 from fabric._launch import (
     add_credential_args,
     fail,
@@ -141,7 +141,7 @@ class ClusterDirectory:
         return self.actors.get(actor_id) if actor_id is not None else None
 
 
-class HeadService(rpc.HeadServicer):
+class HeadService(AuditRpcs, rpc.HeadServicer):
     def __init__(
         self,
         auth: PeerAuthenticator,
@@ -259,28 +259,6 @@ class HeadService(rpc.HeadServicer):
         if info is None:
             await context.abort(grpc.StatusCode.NOT_FOUND, f"no actor named {request.name!r}")
         return pb.ActorRecord(info=info)
-
-    async def AppendAudit(
-        self, request: pb.AuditRecords, context: grpc.aio.ServicerContext
-    ) -> pb.AuditAck:
-        identity = await self.auth.identity_async(context)
-        return await self.audit.AppendAudit(request, context, identity)
-
-    async def QueryAudit(self, request: pb.AuditQuery, context: grpc.aio.ServicerContext) -> None:
-        identity = await self.auth.identity_async(context)
-        await self.audit.QueryAudit(request, context, identity, self.policy)
-
-    async def ProveAudit(
-        self, request: pb.AuditProveRequest, context: grpc.aio.ServicerContext
-    ) -> pb.AuditProof:
-        identity = await self.auth.identity_async(context)
-        return await self.audit.ProveAudit(request, context, identity, self.policy)
-
-    async def AuditCheckpoint(
-        self, request: pb.AuditCheckpointRequest, context: grpc.aio.ServicerContext
-    ) -> pb.AuditCheckpointReply:
-        identity = await self.auth.identity_async(context)
-        return await self.audit.AuditCheckpoint(request, context, identity)
 
     async def LeaseBudget(
         self, request: pb.BudgetLeaseRequest, context: grpc.aio.ServicerContext

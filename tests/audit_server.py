@@ -19,7 +19,7 @@ from fabric.audit import Entry, encode, entry_time
 from fabric.policy import load_policy
 from fabric.policy._model import Policy
 
-from fabric._audit_service import ALLOWED_KINDS, HeadAudit
+from fabric._audit_service import ALLOWED_KINDS, AuditRpcs, HeadAudit
 from fabric._launch import load_credentials, secure_server
 from fabric._pki import CertificateAuthority, Credentials
 from fabric._proto import fabric_pb2 as pb
@@ -52,33 +52,11 @@ def make_ca(directory: Path) -> Path:
     return directory
 
 
-class AuditHead(rpc.HeadServicer):
-    """The audit RPCs of the Head service, wired as ``HeadService`` wires them."""
+class AuditHead(AuditRpcs, rpc.HeadServicer):
+    """The audit RPCs of the Head service alone, as ``HeadService`` serves them."""
 
     def __init__(self, auth: PeerAuthenticator, audit: HeadAudit, policy: Policy) -> None:
         self.auth, self.audit, self.policy = auth, audit, policy
-
-    async def AppendAudit(
-        self, request: pb.AuditRecords, context: grpc.aio.ServicerContext
-    ) -> pb.AuditAck:
-        identity = await self.auth.identity_async(context)
-        return await self.audit.AppendAudit(request, context, identity)
-
-    async def QueryAudit(self, request: pb.AuditQuery, context: grpc.aio.ServicerContext) -> None:
-        identity = await self.auth.identity_async(context)
-        await self.audit.QueryAudit(request, context, identity, self.policy)
-
-    async def ProveAudit(
-        self, request: pb.AuditProveRequest, context: grpc.aio.ServicerContext
-    ) -> pb.AuditProof:
-        identity = await self.auth.identity_async(context)
-        return await self.audit.ProveAudit(request, context, identity, self.policy)
-
-    async def AuditCheckpoint(
-        self, request: pb.AuditCheckpointRequest, context: grpc.aio.ServicerContext
-    ) -> pb.AuditCheckpointReply:
-        identity = await self.auth.identity_async(context)
-        return await self.audit.AuditCheckpoint(request, context, identity)
 
 
 class AuditServer:

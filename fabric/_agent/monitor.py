@@ -362,14 +362,6 @@ class BudgetMonitor:
         self._charge_final(watch)
         return watch.breach
 
-    def set_budget(self, key: Hashable, budget: Budget) -> None:
-        """Replace the budget of `key` (usage and wall time still count from the watch).
-        The next round, at most one interval away, checks it: waking the thread on every
-        change would cost an agent that re-arms a budget per task more than it gains."""
-        watch = self._get(key)
-        with watch.lock:
-            watch.tracker.budget = budget
-
     def begin(self, key: Hashable, budget: Budget) -> None:
         """Begin a new segment of `key`'s life (a pooled worker's next task) under `budget`,
         whose CPU seconds and wall time count from the segment's start. One assignment, no

@@ -14,6 +14,7 @@ import json
 import secrets
 import time
 from collections.abc import Callable, Iterable
+from typing import Any
 
 from fabric._agent.journal import Journal
 from fabric.policy import Decision
@@ -99,31 +100,23 @@ class Recorder:
         parent: str = "",
     ) -> str:
         """Journal `decision`; returns the entry's id (a later entry's `parent`)."""
-        entry_id = f"{self._prefix}{next(self._counter)}"
-        self.journal.append(
-            canonical_entry(
-                id=entry_id,
-                time=now(),
-                kind=kind,
-                tenant=tenant,
-                identity=identity,
-                fingerprint=fingerprint,
-                job=job,
-                task=task,
-                actor=actor,
-                objects=objects,
-                function=function,
-                outcome=decision.outcome.value,
-                rules=decision.rule_ids,
-                reasons=decision.reasons,
-                inputs=decision.input_digest,
-                policy=decision.policy_version,
-                node=self.node_id,
-                parent=parent,
-            )
+        return self._append(
+            kind=kind,
+            tenant=tenant,
+            identity=identity,
+            fingerprint=fingerprint,
+            job=job,
+            task=task,
+            actor=actor,
+            objects=objects,
+            function=function,
+            outcome=decision.outcome.value,
+            rules=decision.rule_ids,
+            reasons=decision.reasons,
+            inputs=decision.input_digest,
+            policy=decision.policy_version,
+            parent=parent,
         )
-        self.on_append()
-        return entry_id
 
     def event(
         self,
@@ -140,23 +133,21 @@ class Recorder:
         parent: str = "",
     ) -> str:
         """Journal something that happened (a task finished), not a decision."""
-        entry_id = f"{self._prefix}{next(self._counter)}"
-        self.journal.append(
-            canonical_entry(
-                id=entry_id,
-                time=now(),
-                kind=kind,
-                tenant=tenant,
-                job=job,
-                task=task,
-                actor=actor,
-                outcome=outcome,
-                rules=rules,
-                reasons=reasons,
-                policy=policy,
-                node=self.node_id,
-                parent=parent,
-            )
+        return self._append(
+            kind=kind,
+            tenant=tenant,
+            job=job,
+            task=task,
+            actor=actor,
+            outcome=outcome,
+            rules=rules,
+            reasons=reasons,
+            policy=policy,
+            parent=parent,
         )
+
+    def _append(self, **fields: Any) -> str:
+        entry_id = f"{self._prefix}{next(self._counter)}"
+        self.journal.append(canonical_entry(id=entry_id, time=now(), node=self.node_id, **fields))
         self.on_append()
         return entry_id
