@@ -169,7 +169,7 @@ class BudgetKeeper(Actors):
             watch = self._watches.get(worker.worker_id)
             if watch is not None and watch.task is not None:
                 watch.task = None
-                self._rearm(watch, self._idle_limits(worker.tenant))
+                self._rearm(watch, _monitor_budget(self._idle_limits(worker.tenant)))
             return
         if worker.worker_id not in self._watches:
             self._watch_worker(worker, Limits())
@@ -177,11 +177,11 @@ class BudgetKeeper(Actors):
         if watch is None or watch.task is task:
             return
         watch.task = task
-        self._rearm(watch, _limits_of(task.spec.budget))
+        self._rearm(watch, _segment_budget(task.spec.budget))
 
-    def _rearm(self, watch: _Watch, limits: Limits) -> None:
+    def _rearm(self, watch: _Watch, budget: Budget) -> None:
         with contextlib.suppress(BudgetError):
-            self.budget_monitor.begin(watch.worker.worker_id, _monitor_budget(limits))
+            self.budget_monitor.begin(watch.worker.worker_id, budget)
 
     def _idle_limits(self, tenant: str) -> Limits:
         """What a pooled worker between budgeted tasks is held to: the tenant's ceiling."""
@@ -216,18 +216,33 @@ class BudgetKeeper(Actors):
             # A kernel limit (held at the tenant's ceiling) acted before the monitor saw
             # the work pass its own, lower, budget.
             limit = own
-        subject = self._subject(worker, watch.task)
         budget = f"{what}.{key}"
-        decision = decide_stop(self.policy, worker.tenant, budget, limit, measured, subject)
-        if spec is not None:
-            self._record(decision, spec, kind="budget.stop", parent=spec.audit_parent)
         enforced = (
             "" if breach.enforced_by == "monitor" else f", enforced by the {breach.enforced_by}"
         )
+        why = (
+            f"it used {format_limit(key, measured)} of its {budget} budget of "
+            f"{format_limit(key, limit)}{enforced}"
+        )
+        return self._decide_stop(worker, watch.task, budget, limit, measured, why)
+
+    def _decide_stop(
+        self,
+        worker: Worker,
+        task: TaskEntry | None,
+        budget: str,
+        limit: float,
+        measured: float,
+        why: str,
+    ) -> Stop:
+        """Decide and record the stop of `worker` (running `task`, or its actor)."""
+        subject = self._subject(worker, task)
+        decision = decide_stop(self.policy, worker.tenant, budget, limit, measured, subject)
+        spec = task.spec if task is not None else self._actor_spec(worker)
+        if spec is not None:
+            self._record(decision, spec, kind="budget.stop", parent=spec.audit_parent)
         message = (
-            f"{subject} was stopped: it used {format_limit(key, measured)} of its {budget} "
-            f"budget of {format_limit(key, limit)}{enforced} [rule budget.stopped, policy "
-            f"{decision.policy_version}]"
+            f"{subject} was stopped: {why} [rule budget.stopped, policy {decision.policy_version}]"
         )
         log.info("%s", message)
         return Stop(budget, limit, measured, message)
@@ -360,11 +375,6 @@ class BudgetKeeper(Actors):
         task = watch.task if watch is not None else None
         if task is None and not worker.actor_id:
             task = next((t for t in worker.running.values() if isinstance(t, TaskEntry)), None)
-        subject = self._subject(worker, task)
-        decision = decide_stop(self.policy, worker.tenant, budget, limit, used, subject)
-        spec = task.spec if task is not None else self._actor_spec(worker)
-        if spec is not None:
-            self._record(decision, spec, kind="budget.stop", parent=spec.audit_parent)
         if key == "cpu_seconds":
             why = (
                 f"tenant {worker.tenant!r} has used its whole {budget} budget of "
@@ -376,33 +386,29 @@ class BudgetKeeper(Actors):
                 f"{format_limit(key, used)} together, more than its {budget} budget of "
                 f"{format_limit(key, limit)}, and this was the largest"
             )
-        message = (
-            f"{subject} was stopped: {why} [rule budget.stopped, policy {decision.policy_version}]"
-        )
-        log.info("%s", message)
-        self._stop_worker(worker, Stop(budget, limit, used, message))
+        self._stop_worker(worker, self._decide_stop(worker, task, budget, limit, used, why))
 
 
 def _used(name: str, worker: tuple[Worker, dict[str, int]]) -> int:
     return worker[1][name]
 
 
-_LIMITS_KEPT = 256
-_limits_by_wire: dict[bytes, Limits] = {}
+_SEGMENTS_KEPT = 256
+_segment_budgets: dict[bytes, Budget] = {}
 
 
-def _limits_of(message: pb.Budget) -> Limits:
-    """The limits of a task's budget; tasks mostly share a few, so each is read once."""
+def _segment_budget(message: pb.Budget) -> Budget:
+    """The monitor's budget for a task's budget; tasks mostly share a few, so each is
+    built once."""
     key = message.SerializeToString()
-    limits = _limits_by_wire.get(key)
-    if limits is None:
-        if len(_limits_by_wire) >= _LIMITS_KEPT:
-            _limits_by_wire.clear()
-        limits = _limits_by_wire[key] = from_wire(message)
-    return limits
+    budget = _segment_budgets.get(key)
+    if budget is None:
+        if len(_segment_budgets) >= _SEGMENTS_KEPT:
+            _segment_budgets.clear()
+        budget = _segment_budgets[key] = _monitor_budget(from_wire(message))
+    return budget
 
 
-@functools.lru_cache(maxsize=256)
 def _monitor_budget(limits: Limits) -> Budget:
     return Budget(
         cpu_seconds=limits.cpu_seconds,

@@ -153,17 +153,14 @@ class Dispatch(Results):
         )
         task.audit_needed = mark()  # acting on the placement waits for it to be durable
         observe.placed(task, decision, self.node_id)
-        refused = (
-            self._task_refusal(task, self.node_id) if decision.node_id == self.node_id else None
-        )
-        if refused is not None:
-            self._refuse_dispatch(task, refused)
-        elif decision.node_id == self.node_id and not (
+        # Placement chose among the nodes the invariants allow (`forbidden` left the others
+        # out): no second check here or at the forward.
+        if decision.node_id == self.node_id and not (
             decision.outcome is Outcome.QUEUE and spec.kind == pb.ACTOR_CREATION
         ):
             self._place_here(task)  # runs here now, or waits here for local capacity
         elif decision.outcome is Outcome.PLACE and decision.node_id:
-            self._forward(task, decision.node_id)
+            self._forward(task, decision.node_id, checked=True)
         elif decision.outcome is Outcome.QUEUE:
             task.state = TaskState.PLACING
             self.placing.append(task)
@@ -205,9 +202,10 @@ class Dispatch(Results):
         self.queues.push(task)
         self._schedule_dispatch()
 
-    def _forward(self, task: TaskEntry, node_id: str) -> None:
+    def _forward(self, task: TaskEntry, node_id: str, *, checked: bool = False) -> None:
+        """Send `task` to `node_id`; `checked`: the invariants already allowed it there."""
         spec = task.spec
-        if spec.kind != pb.ACTOR_TASK:  # a call is checked on the actor's node
+        if not checked and spec.kind != pb.ACTOR_TASK:  # a call is checked on its actor's node
             refused = self._task_refusal(task, node_id)
             if refused is not None:
                 self._refuse_dispatch(task, refused)

@@ -88,8 +88,6 @@ class Guard(AgentBase):
     ) -> pb.ErrorInfo | None:
         """The refusal of sending object `object_id`'s bytes to `node_id`, if an invariant
         forbids it; recorded before it is returned."""
-        if not self._guarded():
-            return None
         violation = self._transfer_violation(tenant, residency, classes, node_id)
         if violation is None:
             return None
