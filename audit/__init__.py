@@ -50,6 +50,9 @@ from ._entry import (
 from ._entry import (
     from_decision as from_decision,
 )
+from ._entry import (
+    unsequenced_origin as unsequenced_origin,
+)
 from ._errors import (
     AuditError as AuditError,
 )
@@ -193,6 +196,7 @@ __all__ = [
     "root_hash_from",
     "sign_checkpoint",
     "subtree_hash",
+    "unsequenced_origin",
     "verify_checkpoint",
     "verify_consistency",
     "verify_inclusion",

@@ -207,6 +207,21 @@ def _decode_canonical(data: bytes) -> _Canonical | None:
     return wire
 
 
+def unsequenced_origin(data: bytes) -> tuple[str, str]:
+    """The (id, node) of `data` if it is the canonical encoding of an unsequenced entry (seq
+    -1), without building an :class:`Entry`: the sequencer's check of what a node sends.
+    :class:`EntryError` names the problem otherwise."""
+    if not isinstance(data, bytes):
+        raise TypeError(f"entry data must be bytes, not {type(data).__name__}")
+    wire = _decode_canonical(data)
+    if wire is None:
+        _decode_strictly(data)  # raises, naming the problem
+        raise EntryError("entry data is not a canonical entry")  # pragma: no cover
+    if wire.seq != -1:
+        raise EntryError(f"it carries seq {wire.seq}; nodes send seq -1")
+    return wire.id, wire.node
+
+
 def _decode_strictly(data: bytes) -> Entry:
     """`decode`, written out check by check: the reference the fast path must agree with,
     and what names the problem when it does not accept `data`."""

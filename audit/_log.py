@@ -17,7 +17,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from ._bundle import ProofBundle, check_proof
 from ._checkpoint import Checkpoint, encode_vkey, sign_checkpoint, verify_checkpoint
-from ._entry import Entry, decode, encode, sequenced
+from ._entry import Entry, encode, sequenced
 from ._errors import (
     CheckpointError,
     EntryError,
@@ -81,44 +81,46 @@ class AuditLog:
             if not isinstance(entry, Entry):
                 raise TypeError(f"the log appends Entry values, not {type(entry).__name__}")
         unsequenced = [e if e.seq == -1 else replace(e, seq=-1) for e in entries]
-        return self._append([(e, encode(e)) for e in unsequenced])
+        return self._append([(e.id, encode(e)) for e in unsequenced])
 
-    def append_decoded(self, records: Sequence[tuple[Entry, bytes]]) -> list[int]:
-        """:meth:`append` for entries a sequencer received as bytes: each pair is an entry with
-        seq -1 and the bytes :func:`decode` made it from, so the log writes the seq into the
-        bytes instead of encoding the entry again."""
-        for entry, _ in records:
-            if not isinstance(entry, Entry) or entry.seq != -1:
-                raise TypeError("the log appends decoded, unsequenced entries (seq -1)")
+    def append_canonical(self, records: Sequence[tuple[str, bytes]]) -> list[int]:
+        """:meth:`append` for entries a sequencer received as bytes: each pair is an entry's id
+        and its canonical unsequenced bytes (seq -1), already checked (the head checks them
+        with :func:`fabric.audit._entry.unsequenced_origin`), so the log writes the seq into
+        the bytes and decodes nothing."""
+        for entry_id, data in records:
+            if not isinstance(entry_id, str) or not isinstance(data, bytes):
+                raise TypeError("the log appends (id, canonical bytes) pairs")
         return self._append(records)
 
-    def _append(self, records: Sequence[tuple[Entry, bytes]]) -> list[int]:
+    def _append(self, records: Sequence[tuple[str, bytes]]) -> list[int]:
         with self._lock:
-            known = self._store.seqs_of(list({e.id for e, _ in records}))
-            for entry, _ in records:
-                if entry.id in known:
-                    data = self._store.entry_data(known[entry.id])
-                    if data is None:
-                        raise StoreError(f"entry {entry.id!r} vanished from the store")
-                    _require_same(entry, decode(data))
+            known = self._store.seqs_of(list({entry_id for entry_id, _ in records}))
+            for entry_id, unsequenced in records:
+                if entry_id in known:
+                    _require_same(entry_id, known[entry_id], unsequenced, self._store)
             seqs: list[int] = []
-            batch: dict[str, tuple[int, Entry]] = {}
-            rows: list[tuple[int, Entry, bytes]] = []
+            batch: dict[str, tuple[int, bytes]] = {}
+            rows: list[tuple[int, str, bytes]] = []
             nodes: list[TreeNode] = []
             next_seq = self._range.size
             try:
-                for entry, unsequenced in records:
-                    if entry.id in known:
-                        seqs.append(known[entry.id])
-                    elif entry.id in batch:
-                        seq, held = batch[entry.id]
-                        _require_same(entry, replace(held, seq=seq))
+                for entry_id, unsequenced in records:
+                    if entry_id in known:
+                        seqs.append(known[entry_id])
+                    elif entry_id in batch:
+                        seq, held = batch[entry_id]
+                        if held != unsequenced:
+                            raise EntryError(
+                                f"entry {entry_id!r} is already in the log (seq {seq}) with "
+                                "other content"
+                            )
                         seqs.append(seq)
                     else:
                         data = sequenced(unsequenced, next_seq)
                         nodes += self._range.append(leaf_hash(data))
-                        rows.append((next_seq, entry, data))
-                        batch[entry.id] = (next_seq, entry)
+                        rows.append((next_seq, entry_id, data))
+                        batch[entry_id] = (next_seq, unsequenced)
                         seqs.append(next_seq)
                         next_seq += 1
                 if rows:
@@ -128,6 +130,19 @@ class AuditLog:
                 self._range = CompactRange.restore(self._store.size(), self._store.node_hash)
                 raise
             return seqs
+
+    @property
+    def unindexed(self) -> int:
+        """Entries stored but not yet in the query indexes (see :meth:`index`)."""
+        with self._lock:
+            return self._store.unindexed()
+
+    def index(self, limit: int | None = None) -> int:
+        """Bring the query indexes forward over at most `limit` entries (all when None);
+        returns how many remain. Queries bring them up to date first themselves, so this
+        only chooses when the work is done: at a quiet moment rather than at the query."""
+        with self._lock:
+            return self._store.index(limit)
 
     def checkpoint(self) -> str:
         """Sign, durably store and return a checkpoint of the log's current size."""
@@ -215,11 +230,14 @@ class AuditLog:
         self.close()
 
 
-def _require_same(entry: Entry, held: Entry) -> None:
-    if replace(entry, seq=held.seq) != held:
-        raise EntryError(
-            f"entry {entry.id!r} is already in the log (seq {held.seq}) with other content"
-        )
+def _require_same(entry_id: str, seq: int, unsequenced: bytes, store: AuditStore) -> None:
+    """The entry `entry_id`, held at `seq`, must be the one in `unsequenced` (the canonical
+    encoding is unique, so equal entries are equal bytes)."""
+    held = store.entry_data(seq)
+    if held is None:
+        raise StoreError(f"entry {entry_id!r} vanished from the store")
+    if sequenced(unsequenced, seq) != held:
+        raise EntryError(f"entry {entry_id!r} is already in the log (seq {seq}) with other content")
 
 
 class _Locked:

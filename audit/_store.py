@@ -9,20 +9,17 @@ signatures vouch for.
 
 from __future__ import annotations
 
-import json
 import os
 import sqlite3
 from collections.abc import Iterator, Sequence
 from typing import Protocol
 
-from ._entry import Entry
 from ._errors import StoreError
 from ._merkle import TreeNode
 from ._query import Query
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 _MAX_VARIABLES = 500  # bound parameters per statement, far below SQLite's limit
-_RULES = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))  # the `rules` column
 
 
 class AuditStore(Protocol):
@@ -32,12 +29,19 @@ class AuditStore(Protocol):
         """One past the largest seq stored (0 when empty)."""
         ...
 
-    def append(
-        self, entries: Sequence[tuple[int, Entry, bytes]], nodes: Sequence[TreeNode]
-    ) -> None:
-        """Store entries as (seq, entry, the canonical bytes of the entry at that seq) with
-        the subtree hashes they complete, in one transaction durable when this returns. (The
-        entry's own `seq` field is not read: the bytes carry the seq.)"""
+    def append(self, entries: Sequence[tuple[int, str, bytes]], nodes: Sequence[TreeNode]) -> None:
+        """Store entries as (seq, id, the canonical bytes of the entry at that seq) with the
+        subtree hashes they complete, in one transaction durable when this returns."""
+        ...
+
+    def unindexed(self) -> int:
+        """Entries stored but not yet in the query indexes."""
+        ...
+
+    def index(self, limit: int | None = None) -> int:
+        """Add at most `limit` entries not yet indexed (all when None) to the query indexes,
+        in seq order; returns how many remain. :meth:`select` and :meth:`time_bounds` index
+        whatever remains first, so a query always sees every stored entry."""
         ...
 
     def seqs_of(self, ids: Sequence[str]) -> dict[str, int]:
@@ -86,39 +90,12 @@ class AuditStore(Protocol):
 
 
 _SCHEMA = """
+-- The log itself: what an append stores, in the transaction that makes it durable.
 CREATE TABLE IF NOT EXISTS entries (
     seq INTEGER PRIMARY KEY,
     id TEXT NOT NULL UNIQUE,
-    data BLOB NOT NULL,
-    time TEXT NOT NULL,
-    kind TEXT NOT NULL,
-    tenant TEXT NOT NULL,
-    task TEXT NOT NULL,
-    actor TEXT NOT NULL,
-    outcome TEXT NOT NULL,
-    node TEXT NOT NULL,
-    policy TEXT NOT NULL,
-    parent TEXT NOT NULL,
-    rules TEXT NOT NULL
+    data BLOB NOT NULL
 );
--- Every SQLite index ends in the rowid, here seq: equal keys come out in seq order, so each
--- of these serves "WHERE x = ? ORDER BY seq" without sorting (tenant is in effect tenant+seq).
-CREATE INDEX IF NOT EXISTS entries_task ON entries (task);
-CREATE INDEX IF NOT EXISTS entries_actor ON entries (actor);
-CREATE INDEX IF NOT EXISTS entries_tenant ON entries (tenant);
-CREATE INDEX IF NOT EXISTS entries_kind ON entries (kind);
-CREATE INDEX IF NOT EXISTS entries_time ON entries (time);
-CREATE INDEX IF NOT EXISTS entries_node ON entries (node);
-CREATE TABLE IF NOT EXISTS entry_objects (
-    object TEXT NOT NULL,
-    seq INTEGER NOT NULL,
-    PRIMARY KEY (object, seq)
-) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS entry_rules (
-    rule TEXT NOT NULL,
-    seq INTEGER NOT NULL,
-    PRIMARY KEY (rule, seq)
-) WITHOUT ROWID;
 -- (level, idx, hash): the complete subtree of 2**level leaves from leaf idx * 2**level.
 CREATE TABLE IF NOT EXISTS tree (
     level INTEGER NOT NULL,
@@ -130,16 +107,83 @@ CREATE TABLE IF NOT EXISTS checkpoints (
     size INTEGER PRIMARY KEY,
     text TEXT NOT NULL
 );
+-- The query indexes, built from the entries' bytes by `index`, behind the appends: one row
+-- per entry, in seq order, so the first seq not indexed is MAX(seq) + 1.
+CREATE TABLE IF NOT EXISTS entry_fields (
+    seq INTEGER PRIMARY KEY,
+    time TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    tenant TEXT NOT NULL,
+    task TEXT NOT NULL,
+    actor TEXT NOT NULL,
+    outcome TEXT NOT NULL,
+    node TEXT NOT NULL
+);
+-- Every SQLite index ends in the rowid, here seq: equal keys come out in seq order, so each
+-- of these serves "WHERE x = ? ORDER BY seq" without sorting (tenant is in effect tenant+seq).
+CREATE INDEX IF NOT EXISTS entry_fields_task ON entry_fields (task);
+CREATE INDEX IF NOT EXISTS entry_fields_actor ON entry_fields (actor);
+CREATE INDEX IF NOT EXISTS entry_fields_tenant ON entry_fields (tenant);
+CREATE INDEX IF NOT EXISTS entry_fields_kind ON entry_fields (kind);
+CREATE INDEX IF NOT EXISTS entry_fields_time ON entry_fields (time);
+CREATE INDEX IF NOT EXISTS entry_fields_node ON entry_fields (node);
+CREATE TABLE IF NOT EXISTS entry_objects (
+    object TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    PRIMARY KEY (object, seq)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS entry_rules (
+    rule TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    PRIMARY KEY (rule, seq)
+) WITHOUT ROWID;
 """
 
-# Query filters on a column of `entries`, and those on a lookup table.
+# Schema 1 kept the query columns in `entries` itself, indexed at every append; schema 2
+# keeps only the log there. Upgrading copies the log and lets `index` rebuild the rest.
+_FROM_SCHEMA_1 = """
+DROP INDEX IF EXISTS entries_task;
+DROP INDEX IF EXISTS entries_actor;
+DROP INDEX IF EXISTS entries_tenant;
+DROP INDEX IF EXISTS entries_kind;
+DROP INDEX IF EXISTS entries_time;
+DROP INDEX IF EXISTS entries_node;
+ALTER TABLE entries RENAME TO entries_schema_1;
+CREATE TABLE entries (seq INTEGER PRIMARY KEY, id TEXT NOT NULL UNIQUE, data BLOB NOT NULL);
+INSERT INTO entries SELECT seq, id, data FROM entries_schema_1;
+DROP TABLE entries_schema_1;
+DELETE FROM entry_objects;
+DELETE FROM entry_rules;
+"""
+
+# The query indexes over the entries with first <= seq < end (bound as ?1, ?2), read from the
+# canonical JSON. The bytes are cast to text: JSON functions may read a BLOB as binary JSON.
+_INDEX = (
+    """INSERT INTO entry_fields SELECT seq, json_extract(d, '$.time'),
+    json_extract(d, '$.kind'), json_extract(d, '$.tenant'), json_extract(d, '$.task'),
+    json_extract(d, '$.actor'), json_extract(d, '$.outcome'), json_extract(d, '$.node')
+    FROM (SELECT seq, CAST(data AS TEXT) AS d FROM entries WHERE seq >= ?1 AND seq < ?2)""",
+    """INSERT OR IGNORE INTO entry_objects SELECT j.value, e.seq
+    FROM entries AS e, json_each(CAST(e.data AS TEXT), '$.objects') AS j
+    WHERE e.seq >= ?1 AND e.seq < ?2""",
+    """INSERT OR IGNORE INTO entry_rules SELECT j.value, e.seq
+    FROM entries AS e, json_each(CAST(e.data AS TEXT), '$.rules') AS j
+    WHERE e.seq >= ?1 AND e.seq < ?2""",
+)
+
+# Query filters on a column of `entry_fields`, and those on a lookup table.
 _COLUMNS = ("tenant", "kind", "outcome", "task", "actor", "node")
 _LOOKUPS = {"object": "entry_objects", "rule": "entry_rules"}
 
 
 class SqliteAuditStore:
     """An :class:`AuditStore` in one SQLite file: WAL journal, ``synchronous=FULL``, one
-    transaction per appended batch, so a batch is durable once :meth:`append` returns."""
+    transaction per appended batch, so a batch is durable once :meth:`append` returns.
+
+    An append stores only the log (the entries' ids and bytes, and the subtree hashes): the
+    query indexes are built from the bytes later, in bulk and in SQL (:meth:`index`), which
+    costs a fraction of indexing each row as it arrives and leaves the sequencer's work while
+    nodes are busy at the least."""
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = os.fspath(path)
@@ -152,7 +196,7 @@ class SqliteAuditStore:
 
     def _setup(self) -> None:
         version = self._db.execute("PRAGMA user_version").fetchone()[0]
-        if version not in (0, SCHEMA_VERSION):
+        if version not in (0, 1, SCHEMA_VERSION):
             raise StoreError(
                 f"{self.path}: audit store schema {version}, this code knows {SCHEMA_VERSION}"
             )
@@ -161,7 +205,12 @@ class SqliteAuditStore:
             raise StoreError(f"{self.path}: SQLite refused WAL mode (journal mode {mode!r})")
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.execute("PRAGMA busy_timeout=10000")
-        self._db.executescript(f"BEGIN; {_SCHEMA} PRAGMA user_version={SCHEMA_VERSION}; COMMIT;")
+        upgrade = _FROM_SCHEMA_1 if version == 1 else ""
+        self._db.executescript(
+            f"BEGIN; {upgrade} {_SCHEMA} PRAGMA user_version={SCHEMA_VERSION}; COMMIT;"
+        )
+        (last,) = self._db.execute("SELECT MAX(seq) FROM entry_fields").fetchone()
+        self._indexed = 0 if last is None else last + 1
 
     def close(self) -> None:
         self._db.close()
@@ -170,39 +219,11 @@ class SqliteAuditStore:
         (last,) = self._db.execute("SELECT MAX(seq) FROM entries").fetchone()
         return 0 if last is None else last + 1
 
-    def append(
-        self, entries: Sequence[tuple[int, Entry, bytes]], nodes: Sequence[TreeNode]
-    ) -> None:
-        rows = [
-            (
-                seq,
-                e.id,
-                data,
-                e.time,
-                e.kind,
-                e.tenant,
-                e.task,
-                e.actor,
-                e.outcome,
-                e.node,
-                e.policy,
-                e.parent,
-                _RULES.encode(e.rules),
-            )
-            for seq, e, data in entries
-        ]
+    def append(self, entries: Sequence[tuple[int, str, bytes]], nodes: Sequence[TreeNode]) -> None:
         db = self._db
         db.execute("BEGIN IMMEDIATE")
         try:
-            db.executemany(f"INSERT INTO entries VALUES ({', '.join('?' * 13)})", rows)
-            db.executemany(
-                "INSERT OR IGNORE INTO entry_objects VALUES (?, ?)",
-                [(o, seq) for seq, e, _ in entries for o in e.objects],
-            )
-            db.executemany(
-                "INSERT OR IGNORE INTO entry_rules VALUES (?, ?)",
-                [(r, seq) for seq, e, _ in entries for r in e.rules],
-            )
+            db.executemany("INSERT INTO entries VALUES (?, ?, ?)", entries)
             db.executemany(
                 "INSERT INTO tree VALUES (?, ?, ?)", [(n.level, n.index, n.hash) for n in nodes]
             )
@@ -210,6 +231,32 @@ class SqliteAuditStore:
         except BaseException:
             db.execute("ROLLBACK")
             raise
+
+    def unindexed(self) -> int:
+        return self.size() - self._indexed
+
+    def index(self, limit: int | None = None) -> int:
+        size = self.size()
+        start = self._indexed
+        end = size if limit is None else min(size, start + limit)
+        if end > start:
+            db = self._db
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                for statement in _INDEX:
+                    db.execute(statement, (start, end))
+                db.execute("COMMIT")
+            except sqlite3.Error as error:
+                db.execute("ROLLBACK")
+                raise StoreError(
+                    f"{self.path}: cannot index entries {start} to {end - 1} ({error}): "
+                    "an entry's bytes are not JSON; `fabric audit verify` finds which"
+                ) from error
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            self._indexed = end
+        return size - end
 
     def seqs_of(self, ids: Sequence[str]) -> dict[str, int]:
         found: dict[str, int] = {}
@@ -244,14 +291,15 @@ class SqliteAuditStore:
         return self._db.execute("SELECT size, text FROM checkpoints ORDER BY size").fetchall()
 
     def select(self, query: Query) -> list[tuple[int, bytes]]:
+        self.index()
         # A lookup table, when filtered on, drives the query: walking its (key, seq) primary
         # key from the cursor on yields matches in seq order, so a page stops at its limit.
-        driver, joins, where, args = "e", [], [], []
+        driver, joins, where, args = "f", [], [], []
         for name, table in _LOOKUPS.items():
             value = getattr(query, name)
             if value is not None:
                 alias = name[0]
-                joins.append(f"JOIN {table} AS {alias} ON {alias}.seq = e.seq")
+                joins.append(f"JOIN {table} AS {alias} ON {alias}.seq = f.seq")
                 where.append(f"{alias}.{name} = ?")
                 args.append(value)
                 driver = alias
@@ -263,16 +311,17 @@ class SqliteAuditStore:
         for column in _COLUMNS:
             value = getattr(query, column)
             if value is not None:
-                where.append(f"e.{column} = ?")
+                where.append(f"f.{column} = ?")
                 args.append(value)
         if query.since is not None:
-            where.append("e.time >= ?")
+            where.append("f.time >= ?")
             args.append(query.since)
         if query.until is not None:
-            where.append("e.time < ?")
+            where.append("f.time < ?")
             args.append(query.until)
         sql = (
-            f"SELECT e.seq, e.data FROM entries AS e {' '.join(joins)} "
+            f"SELECT e.seq, e.data FROM entry_fields AS f {' '.join(joins)} "
+            "JOIN entries AS e ON e.seq = f.seq "
             f"WHERE {' AND '.join(where)} ORDER BY {driver}.seq"
         )
         if query.limit is not None:
@@ -281,8 +330,12 @@ class SqliteAuditStore:
         return self._db.execute(sql, args).fetchall()
 
     def time_bounds(self, since: str | None, until: str | None) -> tuple[int, int] | None:
+        self.index()
         # One range scan of the (time, seq) index, which covers the query.
-        sql = "SELECT MIN(seq), MAX(seq) FROM entries INDEXED BY entries_time WHERE time >= ?"
+        sql = (
+            "SELECT MIN(seq), MAX(seq) FROM entry_fields INDEXED BY entry_fields_time "
+            "WHERE time >= ?"
+        )
         args = [since or ""]
         if until is not None:
             sql += " AND time < ?"

@@ -90,10 +90,16 @@ def fresh_log(directory: Path, name: str, key: Ed25519PrivateKey) -> AuditLog:
 
 
 def append_rate(
-    directory: Path, key: Ed25519PrivateKey, batch: int, total: int, sign: bool = False
+    directory: Path,
+    key: Ed25519PrivateKey,
+    batch: int,
+    total: int,
+    sign: bool = False,
+    index: bool = False,
 ) -> float:
     """Entries per second appended in batches of `batch`; with `sign`, a checkpoint is signed
-    and stored after every batch."""
+    and stored after every batch; with `index`, the query indexes are built too (the head
+    builds them when appends pause, so a sustained rate pays for both)."""
     batches = [list(entries(start, batch)) for start in range(0, total, batch)]
     with fresh_log(directory, f"append-{batch}-{sign}.db", key) as log:
         started = time.perf_counter()
@@ -101,6 +107,8 @@ def append_rate(
             log.append(chunk)
             if sign:
                 log.checkpoint()
+        if index:
+            log.index()
         elapsed = time.perf_counter() - started
     return total / elapsed
 
@@ -129,13 +137,14 @@ def main(argv: list[str] | None = None) -> int:
     print(f"files in {directory}, filesystem {filesystem_of(directory)}")
     print(f"python {sys.version.split()[0]}, {os.cpu_count()} CPUs")
     try:
-        for batch, total, sign in (
-            (100, 50_000, False),
-            (1000, 100_000, False),
-            (100, 50_000, True),
+        for batch, total, sign, index in (
+            (100, 50_000, False, False),
+            (1000, 100_000, False, False),
+            (100, 50_000, True, False),
+            (1000, 100_000, False, True),
         ):
-            rate = append_rate(directory, key, batch, total, sign)
-            then = ", each then checkpointed" if sign else ""
+            rate = append_rate(directory, key, batch, total, sign, index)
+            then = ", each then checkpointed" if sign else ", then indexed" if index else ""
             print(
                 f"append, durable, batches of {batch:>4}{then}: {rate:>9,.0f} entries/s ({total:,})"
             )
@@ -150,8 +159,12 @@ def main(argv: list[str] | None = None) -> int:
                 log.checkpoint()
         log.checkpoint()
         built = time.perf_counter() - started
+        started = time.perf_counter()
+        log.index()
+        indexed = time.perf_counter() - started
         size = os.path.getsize(directory / "large.db")
         print(f"  built in {built:.1f} s ({n / built:,.0f} entries/s), {size / 1e6:,.0f} MB")
+        print(f"  indexed for queries in {indexed:.1f} s ({n / indexed:,.0f} entries/s)")
 
         tasks = [f"{rng.randrange(n // 3):016x}" for _ in range(1000)]
         picks = iter(tasks * 2)

@@ -69,6 +69,7 @@ from fabric.audit import (
     decode,
     encode,
     entry_time,
+    unsequenced_origin,
     verify_checkpoint,
 )
 from fabric.policy._model import Policy
@@ -89,6 +90,14 @@ PAGE = 1000
 
 SIGN_AT_LEAST_EVERY = 0.1
 """Seconds: under a steady stream of batches, a checkpoint is still signed this often."""
+
+INDEX_WHEN_QUIET = 1.0
+"""Seconds without an append after which the audit thread builds the query indexes."""
+INDEX_STEP = 20_000
+"""Entries indexed at a time, so that appends queued meanwhile wait a fraction of a second."""
+INDEX_BEHIND_AT_MOST = 100_000
+"""Entries the indexes may lag under a load that never pauses; beyond, each append indexes
+a step too."""
 
 # Which certificate kinds may call each audit RPC; the head adds these to its ALLOWED_KINDS.
 # The handlers narrow further by the policy's roles (a tenant sees only its own entries).
@@ -139,6 +148,7 @@ class HeadAudit:
         self._waiting = 0
         self._boot = secrets.token_hex(8)
         self._counter = itertools.count()
+        self._index_timer: asyncio.TimerHandle | None = None
 
     @classmethod
     def open(cls, state_dir: Path | None, origin: str = DEFAULT_ORIGIN) -> HeadAudit:
@@ -199,9 +209,9 @@ class HeadAudit:
         :class:`EntryError` if an id is in the log with other content (nothing is stored).
 
         Cancelling the caller does not cancel the append: once submitted, it completes."""
-        return await self._append_records([(e, encode(e)) for e in _unsequenced(entries)])
+        return await self._append_records([(e.id, encode(e)) for e in _unsequenced(entries)])
 
-    async def _append_records(self, records: list[tuple[Entry, bytes]]) -> int:
+    async def _append_records(self, records: list[tuple[str, bytes]]) -> int:
         return await asyncio.shield(self._submit_append(records))
 
     async def record(
@@ -249,7 +259,7 @@ class HeadAudit:
         entry = self._own_entry(
             kind, outcome, rules, reasons, tenant, identity, node, inputs, policy, parent
         )
-        self._submit_append([(entry, encode(entry))]).add_done_callback(_log_failure)
+        self._submit_append([(entry.id, encode(entry))]).add_done_callback(_log_failure)
         return entry.id
 
     def _own_entry(
@@ -280,7 +290,7 @@ class HeadAudit:
             parent=parent,
         )
 
-    def _submit_append(self, records: list[tuple[Entry, bytes]]) -> asyncio.Future[int]:
+    def _submit_append(self, records: list[tuple[str, bytes]]) -> asyncio.Future[int]:
         if self._closed:
             raise AuditError("the head's audit log is closed")
         with self._queued_lock:
@@ -300,12 +310,37 @@ class HeadAudit:
             self._committed = size
             self._grown.set()
             self._grown = asyncio.Event()
+        self._index_later(INDEX_WHEN_QUIET)
 
-    def _append(self, records: list[tuple[Entry, bytes]]) -> int:
+    def _index_later(self, delay: float) -> None:
+        """Build the query indexes once no append has come for `delay` seconds (each append
+        puts it off again): while nodes are busy, the sequencer stores the log and no more."""
+        if self._index_timer is not None:
+            self._index_timer.cancel()
+        self._index_timer = asyncio.get_running_loop().call_later(delay, self._index_step)
+
+    def _index_step(self) -> None:
+        self._index_timer = None
+        if self._closed:
+            return
+        future = asyncio.get_running_loop().run_in_executor(
+            self._thread, self._log.index, INDEX_STEP
+        )
+        future.add_done_callback(self._indexed)
+
+    def _indexed(self, future: asyncio.Future[int]) -> None:
+        if future.cancelled():
+            return
+        if future.exception() is not None:
+            log.error("could not index the audit log: %s", future.exception())
+        elif future.result() > 0 and self._index_timer is None and not self._closed:
+            self._index_later(0)  # more to do: one step after whatever was queued meanwhile
+
+    def _append(self, records: list[tuple[str, bytes]]) -> int:
         """On the audit thread: append, then sign unless another batch is queued."""
         try:
             started = time.perf_counter()
-            self._log.append_decoded(records)
+            self._log.append_canonical(records)
             _metrics.audit_appended(time.perf_counter() - started, len(records))
         finally:
             with self._queued_lock:
@@ -314,6 +349,8 @@ class HeadAudit:
             due = last or time.monotonic() - self._signed_at >= SIGN_AT_LEAST_EVERY
             if due and self._log.size > self._signed_size:
                 self._sign()
+        if self._log.unindexed > INDEX_BEHIND_AT_MOST:
+            self._log.index(INDEX_STEP)
         return self._log.size
 
     def _sign(self) -> str:
@@ -348,7 +385,7 @@ class HeadAudit:
             size = await self._append_records(records)
         except EntryError as error:
             # The one problem only the log can see: an id it holds with other content.
-            index = _index_named([entry for entry, _ in records], str(error))
+            index = _index_named([entry_id for entry_id, _ in records], str(error))
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"record {index}: {error}")
         except StoreError as error:
             await context.abort(grpc.StatusCode.DATA_LOSS, f"the audit log: {error}")
@@ -554,32 +591,30 @@ def _background_priority() -> None:
 
 def _check_records(
     records: Sequence[bytes], node: str
-) -> tuple[str | None, list[tuple[Entry, bytes]]]:
-    """The entries of a node's batch with their bytes, or the first problem with it
+) -> tuple[str | None, list[tuple[str, bytes]]]:
+    """The (id, bytes) of each entry of a node's batch, or the first problem with it
     ("record <i>: ...")."""
-    entries: list[tuple[Entry, bytes]] = []
+    checked: list[tuple[str, bytes]] = []
     seen: dict[str, int] = {}
     for index, data in enumerate(records):
-        # (1) Exactly the canonical encoding of an entry (fabric.audit.decode is strict).
+        # (1) Exactly the canonical encoding of an entry (the check is strict), (2) not yet
+        # sequenced: only the head gives seqs.
         try:
-            entry = decode(data)
+            entry_id, recorded_by = unsequenced_origin(data)
         except EntryError as error:
             return f"record {index}: {error}", []
-        # (2) Not yet sequenced: only the head gives seqs.
-        if entry.seq != -1:
-            return f"record {index}: it carries seq {entry.seq}; nodes send seq -1", []
         # (3) Recorded by the caller itself: its node field and its id prefix name the node
         # its certificate names, so no node can append (or pre-empt the ids of) another's.
-        if entry.node != node:
-            return f"record {index}: it is recorded by node {entry.node!r}, not by {node!r}", []
-        if not entry.id.startswith(f"{node}/"):
-            return f"record {index}: its id {entry.id!r} does not start with {node + '/'!r}", []
-        # (4) One id, one content, within the batch too.
-        first = seen.setdefault(entry.id, index)
-        if first != index and entries[first][0] != entry:
+        if recorded_by != node:
+            return f"record {index}: it is recorded by node {recorded_by!r}, not by {node!r}", []
+        if not entry_id.startswith(f"{node}/"):
+            return f"record {index}: its id {entry_id!r} does not start with {node + '/'!r}", []
+        # (4) One id, one content, within the batch too (one entry has one encoding).
+        first = seen.setdefault(entry_id, index)
+        if first != index and checked[first][1] != data:
             return f"record {index}: it repeats the id of record {first} with other content", []
-        entries.append((entry, data))
-    return None, entries
+        checked.append((entry_id, data))
+    return None, checked
 
 
 def _unsequenced(entries: Iterable[Entry]) -> list[Entry]:
@@ -591,9 +626,9 @@ def _log_failure(future: asyncio.Future[int]) -> None:
         log.error("the audit log could not record the head's entry: %s", future.exception())
 
 
-def _index_named(entries: Sequence[Entry], message: str) -> int:
-    """The first of `entries` whose id the log's error message names."""
-    return next((i for i, e in enumerate(entries) if repr(e.id) in message), 0)
+def _index_named(ids: Sequence[str], message: str) -> int:
+    """The first of `ids` that the log's error message names."""
+    return next((i for i, entry_id in enumerate(ids) if repr(entry_id) in message), 0)
 
 
 async def _visible_tenant(

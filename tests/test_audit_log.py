@@ -533,11 +533,7 @@ def test_attack_insert_a_forged_row_at_the_end(logged: tuple[Path, str]) -> None
     forged = make(100, seq=100, kind="deny")
     tamper(
         path,
-        (
-            "INSERT INTO entries (seq, id, data, time, kind, tenant, task, actor, outcome, node,"
-            " policy, parent, rules) VALUES (?, ?, ?, ?, ?, '', '', '', '', '', '', '', '[]')",
-            (100, forged.id, encode(forged), forged.time, forged.kind),
-        ),
+        ("INSERT INTO entries (seq, id, data) VALUES (?, ?, ?)", (100, forged.id, encode(forged))),
     )
     report = verify(path, last_seen)
     assert found(report) == [("inserted", 100)]
@@ -550,11 +546,7 @@ def test_attack_insert_a_forged_row_in_the_middle(logged: tuple[Path, str]) -> N
         path,
         ("UPDATE entries SET seq = -seq - 1 WHERE seq >= 12", ()),
         ("UPDATE entries SET seq = -seq WHERE seq < 0", ()),
-        (
-            "INSERT INTO entries (seq, id, data, time, kind, tenant, task, actor, outcome, node,"
-            " policy, parent, rules) VALUES (12, ?, ?, ?, ?, '', '', '', '', '', '', '', '[]')",
-            (forged.id, encode(forged), forged.time, forged.kind),
-        ),
+        ("INSERT INTO entries (seq, id, data) VALUES (12, ?, ?)", (forged.id, encode(forged))),
     )
     report = verify(path, last_seen)
     assert found(report) == [("inserted", 12)]

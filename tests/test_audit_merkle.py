@@ -82,6 +82,7 @@ def test_public_api_is_exactly_this() -> None:
         "root_hash_from",
         "sign_checkpoint",
         "subtree_hash",
+        "unsequenced_origin",
         "verify_checkpoint",
         "verify_consistency",
         "verify_inclusion",

@@ -3,27 +3,48 @@ the agent acts on it (see `durability.py`), and the journal is forwarded to the 
 
 Entries are written straight into their canonical form (`fabric.audit.encode`'s bytes for
 an unsequenced entry) without building an `Entry` first: the agent records a few entries per
-task, and this is the hot path. A test holds the two encodings equal; the head decodes every
-entry strictly before it sequences it.
+task, and this is the hot path. The fields go into a C struct whose JSON encoding, keys in
+sorted order, is the canonical one; a test holds the two encodings equal, and the head
+decodes every entry strictly before it sequences it.
 """
 
 from __future__ import annotations
 
 import itertools
-import json
 import secrets
 import time
-from collections.abc import Callable, Iterable
-from typing import Any
+from collections.abc import Callable, Sequence
+
+import msgspec
 
 from fabric._agent.journal import Journal
 from fabric.policy import Decision
 
-_s = json.encoder.encode_basestring  # type: ignore[attr-defined]  # C-accelerated, ensure_ascii=False
+_encode = msgspec.json.Encoder().encode
 
 
-def _list(items: Iterable[str]) -> str:
-    return "[" + ",".join(_s(i) for i in items) + "]"
+class _Unsequenced(msgspec.Struct, frozen=True):
+    """An entry's fields in sorted order, which is the canonical key order; seq -1."""
+
+    actor: str
+    fingerprint: str
+    function: str
+    id: str
+    identity: str
+    inputs: str
+    job: str
+    kind: str
+    node: str
+    objects: Sequence[str]
+    outcome: str
+    parent: str
+    policy: str
+    reasons: Sequence[str]
+    rules: Sequence[str]
+    seq: int
+    task: str
+    tenant: str
+    time: str
 
 
 def canonical_entry(
@@ -37,25 +58,23 @@ def canonical_entry(
     job: str = "",
     task: str = "",
     actor: str = "",
-    objects: Iterable[str] = (),
+    objects: Sequence[str] = (),
     function: str = "",
     outcome: str = "",
-    rules: Iterable[str] = (),
-    reasons: Iterable[str] = (),
+    rules: Sequence[str] = (),
+    reasons: Sequence[str] = (),
     inputs: str = "",
     policy: str = "",
     node: str = "",
     parent: str = "",
 ) -> bytes:
     """The canonical bytes of an unsequenced entry (keys in sorted order, no whitespace)."""
-    return (
-        f'{{"actor":{_s(actor)},"fingerprint":{_s(fingerprint)},"function":{_s(function)},'
-        f'"id":{_s(id)},"identity":{_s(identity)},"inputs":{_s(inputs)},"job":{_s(job)},'
-        f'"kind":{_s(kind)},"node":{_s(node)},"objects":{_list(objects)},'
-        f'"outcome":{_s(outcome)},"parent":{_s(parent)},"policy":{_s(policy)},'
-        f'"reasons":{_list(reasons)},"rules":{_list(rules)},"seq":-1,"task":{_s(task)},'
-        f'"tenant":{_s(tenant)},"time":{_s(time)}}}'
-    ).encode()
+    return _encode(
+        _Unsequenced(
+            actor, fingerprint, function, id, identity, inputs, job, kind, node, objects,
+            outcome, parent, policy, reasons, rules, -1, task, tenant, time,
+        )
+    )  # fmt: skip
 
 
 _second = -1
@@ -95,28 +114,24 @@ class Recorder:
         job: str = "",
         task: str = "",
         actor: str = "",
-        objects: Iterable[str] = (),
+        objects: Sequence[str] = (),
         function: str = "",
         parent: str = "",
     ) -> str:
         """Journal `decision`; returns the entry's id (a later entry's `parent`)."""
-        return self._append(
-            kind=kind,
-            tenant=tenant,
-            identity=identity,
-            fingerprint=fingerprint,
-            job=job,
-            task=task,
-            actor=actor,
-            objects=objects,
-            function=function,
-            outcome=decision.outcome.value,
-            rules=decision.rule_ids,
-            reasons=decision.reasons,
-            inputs=decision.input_digest,
-            policy=decision.policy_version,
-            parent=parent,
-        )
+        entry_id = f"{self._prefix}{next(self._counter)}"
+        self.journal.append(
+            _encode(
+                _Unsequenced(
+                    actor, fingerprint, function, entry_id, identity, decision.input_digest,
+                    job, kind, self.node_id, objects, decision.outcome.value, parent,
+                    decision.policy_version, decision.reasons, decision.rule_ids, -1, task,
+                    tenant, now(),
+                )
+            )
+        )  # fmt: skip
+        self.on_append()
+        return entry_id
 
     def event(
         self,
@@ -124,8 +139,8 @@ class Recorder:
         kind: str,
         tenant: str,
         outcome: str,
-        rules: Iterable[str],
-        reasons: Iterable[str] = (),
+        rules: Sequence[str],
+        reasons: Sequence[str] = (),
         task: str = "",
         actor: str = "",
         job: str = "",
@@ -133,21 +148,14 @@ class Recorder:
         parent: str = "",
     ) -> str:
         """Journal something that happened (a task finished), not a decision."""
-        return self._append(
-            kind=kind,
-            tenant=tenant,
-            job=job,
-            task=task,
-            actor=actor,
-            outcome=outcome,
-            rules=rules,
-            reasons=reasons,
-            policy=policy,
-            parent=parent,
-        )
-
-    def _append(self, **fields: Any) -> str:
         entry_id = f"{self._prefix}{next(self._counter)}"
-        self.journal.append(canonical_entry(id=entry_id, time=now(), node=self.node_id, **fields))
+        self.journal.append(
+            _encode(
+                _Unsequenced(
+                    actor, "", "", entry_id, "", "", job, kind, self.node_id, (), outcome,
+                    parent, policy, reasons, rules, -1, task, tenant, now(),
+                )
+            )
+        )  # fmt: skip
         self.on_append()
         return entry_id
