@@ -209,8 +209,6 @@ class SqliteAuditStore:
         self._db.executescript(
             f"BEGIN; {upgrade} {_SCHEMA} PRAGMA user_version={SCHEMA_VERSION}; COMMIT;"
         )
-        (last,) = self._db.execute("SELECT MAX(seq) FROM entry_fields").fetchone()
-        self._indexed = 0 if last is None else last + 1
 
     def close(self) -> None:
         self._db.close()
@@ -233,29 +231,32 @@ class SqliteAuditStore:
             raise
 
     def unindexed(self) -> int:
-        return self.size() - self._indexed
+        return self.size() - self._indexed()
+
+    def _indexed(self) -> int:
+        # Read each time, not cached: another connection (a reader's query) may index too.
+        (last,) = self._db.execute("SELECT MAX(seq) FROM entry_fields").fetchone()
+        return 0 if last is None else int(last) + 1
 
     def index(self, limit: int | None = None) -> int:
-        size = self.size()
-        start = self._indexed
-        end = size if limit is None else min(size, start + limit)
-        if end > start:
-            db = self._db
-            db.execute("BEGIN IMMEDIATE")
-            try:
-                for statement in _INDEX:
-                    db.execute(statement, (start, end))
-                db.execute("COMMIT")
-            except sqlite3.Error as error:
-                db.execute("ROLLBACK")
-                raise StoreError(
-                    f"{self.path}: cannot index entries {start} to {end - 1} ({error}): "
-                    "an entry's bytes are not JSON; `fabric audit verify` finds which"
-                ) from error
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
-            self._indexed = end
+        db = self._db
+        db.execute("BEGIN IMMEDIATE")  # the write lock first: nobody indexes meanwhile
+        start = end = size = 0
+        try:
+            size, start = self.size(), self._indexed()
+            end = size if limit is None else min(size, start + limit)
+            for statement in _INDEX if end > start else ():
+                db.execute(statement, (start, end))
+            db.execute("COMMIT")
+        except sqlite3.Error as error:
+            db.execute("ROLLBACK")
+            raise StoreError(
+                f"{self.path}: cannot index the entries from seq {start} ({error}): an "
+                "entry's bytes are not JSON; `fabric audit verify` finds which"
+            ) from error
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
         return size - end
 
     def seqs_of(self, ids: Sequence[str]) -> dict[str, int]:

@@ -182,3 +182,14 @@ def test_the_head_indexes_as_it_goes_when_appends_never_pause(
         with contextlib.closing(SqliteAuditStore(tmp_path / "state" / "audit.db")) as store:
             # Each append past the bound indexed a step: the lag stays within bound + batch.
             assert 0 < store.unindexed() <= 10 + 4
+
+
+def test_a_reader_that_indexes_beside_the_head_leaves_it_working(tmp_path: Path) -> None:
+    path = tmp_path / "audit.db"
+    with contextlib.closing(open_log(path)) as head:
+        head.append([make(i) for i in range(10)])
+        with contextlib.closing(SqliteAuditStore(path)) as reader:
+            assert len(reader.select(Query(tenant="acme"))) == 6  # the reader indexed 0..9
+        head.append([make(i) for i in range(10, 15)])
+        assert head.unindexed == 5
+        assert seqs(head, tenant="globex") == [0, 3, 6, 9, 12]
