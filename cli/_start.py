@@ -89,6 +89,13 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     start.add_argument("--labels", help='agent: JSON or KEY=VALUE,..., e.g. "zone=a"')
     start.add_argument("--node-id", metavar="ID", help="agent: node id (default: the hostname)")
+    start.add_argument(
+        "--node-timeout",
+        type=float,
+        metavar="SECONDS",
+        help="head: declare a node lost when it has not reported for this long, and give "
+        "the nodes of its last run this long to reconnect after a restart (default: 5)",
+    )
     reporting.add_args(start)
     _state_dir_option(start)
     start.add_argument(
@@ -147,6 +154,8 @@ def _start(args: argparse.Namespace) -> int:
                 raise CommandError(f"{flag} applies to an agent (--address), not to the head")
         name, role, node_id = HEAD_NAME, "head", HEAD_NAME
     else:
+        if args.node_timeout is not None:
+            raise CommandError("--node-timeout applies to the head (--head), not to an agent")
         if args.region is None:
             raise CommandError("an agent needs --region")
         resources = (
@@ -170,7 +179,12 @@ def _start(args: argparse.Namespace) -> int:
     if args.head:
         listen = args.listen or DEFAULT_HEAD_LISTEN
         cmd = head_command(
-            listen, certs, ready_file, state_dir=state_dir / "head", observability=observability
+            listen,
+            certs,
+            ready_file,
+            state_dir=state_dir / "head",
+            observability=observability,
+            node_timeout=args.node_timeout,
         )
     else:
         listen = args.listen or DEFAULT_AGENT_LISTEN

@@ -152,8 +152,11 @@ def head_command(
     state_dir: Path | None = None,
     policy: Path | None = None,
     observability: Observability | None = None,
+    *,
+    node_timeout: float | None = None,
 ) -> list[str]:
-    """The command line of a head process (``python -m fabric._head ...``)."""
+    """The command line of a head process (``python -m fabric._head ...``); `node_timeout`
+    is its node-loss deadline in seconds (None: the head's default)."""
     cmd = [
         sys.executable,
         "-m",
@@ -171,6 +174,8 @@ def head_command(
         cmd += ["--state-dir", str(state_dir)]
     if policy is not None:
         cmd += ["--policy", str(policy)]
+    if node_timeout is not None:
+        cmd += ["--node-timeout", repr(float(node_timeout))]
     if observability is not None:
         cmd += observability.flags()
     return cmd
@@ -482,9 +487,12 @@ class LocalCluster:
         audit: bool = True,
         metrics: bool = False,
         traces: str | None = None,
+        node_timeout: float | None = None,
     ) -> None:
         # False only to measure what recording decisions costs: agents then record nothing.
         self.audit = audit
+        # The head's node-loss deadline in seconds (None: the head's default).
+        self.node_timeout = node_timeout
         # With metrics, the head and every agent serve them on a free port of `host`
         # (`metrics_addresses`); `traces` is each process's FABRIC_TRACES (None: inherited).
         self.metrics = metrics
@@ -616,6 +624,7 @@ class LocalCluster:
                 state_dir=self.base_dir / HEAD_NAME,
                 policy=self.policy,
                 observability=self._observability(HEAD_NAME),
+                node_timeout=self.node_timeout,
             ),
             lifeline=True,
         )
@@ -685,6 +694,60 @@ class LocalCluster:
         proc = self.processes[node_id]
         _signal_group(proc.pid, sig)
         proc.wait()
+
+    def restart_head(self, sig: int = signal.SIGKILL, timeout: float = 30.0) -> None:
+        """Simulate a head failure and its restart: send ``sig`` (default SIGKILL) to the
+        head's process group, wait until it is gone, and start a new head on the same
+        address, certificates and state directory; return once it serves.
+
+        The new head starts under the last policy applied (its state directory keeps it),
+        which is the cluster's policy unless one was applied since; the agents reconnect
+        by themselves. The old port was the OS's choice, so the new head binds it
+        explicitly, and tries again while it is briefly unavailable."""
+        if not self.running:
+            raise FabricError("the cluster is not running")
+        since = time.monotonic()
+        old = self.processes[HEAD_NAME]
+        port = self.metrics_addresses.get(HEAD_NAME, ":0").rpartition(":")[2]
+        cmd = head_command(
+            self.head_address,
+            self.certs_dir,
+            self._ready_path(HEAD_NAME),
+            state_dir=self.base_dir / HEAD_NAME,
+            observability=Observability(int(port), self.host, self.traces),
+            node_timeout=self.node_timeout,
+        )
+
+        def prestart_head() -> Launch:
+            return prestart(
+                HEAD_NAME, "fabric._head", self._ready_path(HEAD_NAME), self.log_path(HEAD_NAME)
+            )
+
+        # The new interpreter imports while the old head goes down, as agents do at start.
+        launch = prestart_head()
+        _signal_group(old.pid, sig)
+        try:
+            old.wait(timeout=STOP_GRACE)
+        except subprocess.TimeoutExpired:
+            _signal_group(old.pid, signal.SIGKILL)
+            old.wait()
+        if old.stdin is not None:  # its lifeline
+            with contextlib.suppress(OSError):
+                old.stdin.close()
+        while True:
+            release(launch, cmd, lifeline=True)
+            self.processes[HEAD_NAME] = launch.process
+            try:
+                wait_ready([launch], timeout, since=since)
+                return
+            except ClusterStartError as error:
+                # gRPC binds with SO_REUSEADDR, but a port may still be held for a moment
+                # by a socket the old head left; anything else is for the caller.
+                unbound = "cannot listen" in error.summary or "Failed to bind" in error.summary
+                if not unbound or time.monotonic() - since > timeout:
+                    raise
+            time.sleep(POLL_INTERVAL * 10)
+            launch = prestart_head()
 
     def stop(self) -> None:
         """Stop every process (SIGTERM, then SIGKILL after 5 s) and, if the cluster

@@ -7,16 +7,21 @@ are spread, the agents together never hold more than the budget. Windows are ali
 epoch (window ``k`` runs from ``k * window`` seconds), so every agent agrees on them;
 whatever is unused when a window ends is gone with it.
 
-Pure state: the caller passes the clock. The head keeps it in memory, so a head restart
-forgets what it leased in the current window.
+The caller passes the clock. Each grant is written through the head's store before it is
+returned, and a head starts from what its store holds, so a head restart never leases more
+than the budget in a window either.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from fabric.policy import Policy
+
+if TYPE_CHECKING:  # agents import this module for LEASED; they need no store
+    from fabric._head_store import HeadStore
 
 LEASED = ("cpu_seconds", "total_tasks")
 
@@ -36,9 +41,15 @@ class UnknownBudgetError(ValueError):
 
 
 class BudgetLeases:
-    def __init__(self) -> None:
+    """What was leased of each budget in its current window; kept in `store` when given
+    (the head's), in memory only otherwise."""
+
+    def __init__(self, store: HeadStore | None = None) -> None:
+        self._store = store
         # (tenant, budget) -> (window index, amount leased in it)
-        self._leased: dict[tuple[str, str], tuple[int, float]] = {}
+        self._leased: dict[tuple[str, str], tuple[int, float]] = (
+            store.leases() if store is not None else {}
+        )
 
     def grant(self, policy: Policy, tenant: str, budget: str, want: float, now: float) -> Grant:
         """Lease up to `want` more of `tenant`'s `budget` for the window `now` falls in:
@@ -63,5 +74,8 @@ class BudgetLeases:
         if budget == "total_tasks":
             granted = float(math.floor(granted))
         leased += granted
+        if granted and self._store is not None:
+            # Durable before the grant leaves: a restarted head counts it.
+            self._store.save_lease(tenant, budget, window, leased)
         self._leased[(tenant, budget)] = (window, leased)
         return Grant(granted, window, length, left, float(limit), leased)
