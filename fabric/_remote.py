@@ -16,6 +16,7 @@ from fabric._client import CoreClient
 from fabric._proto import fabric_pb2 as pb
 from fabric._refs import ObjectRef
 from fabric._serialization import dumps_function
+from fabric.exceptions import InvalidRequestError
 
 
 def _return_id(task_id: bytes, index: int) -> bytes:
@@ -138,6 +139,24 @@ def _method_table(cls: type) -> dict[str, dict[str, Any]]:
     return table
 
 
+def _check_checkpoint_methods(cls: type) -> None:
+    """An actor class is checkpointed when it defines both `checkpoint` and `restore`
+    (plain methods, run between calls); one without the other is a mistake."""
+    defined = [n for n in ("checkpoint", "restore") if callable(getattr(cls, n, None))]
+    if len(defined) == 1:
+        [present] = defined
+        missing = "restore" if present == "checkpoint" else "checkpoint"
+        raise InvalidRequestError(
+            f"actor class {cls.__name__} defines {present}() but not {missing}(): "
+            "a checkpointed actor needs both"
+        )
+    for name in defined:
+        if inspect.iscoroutinefunction(getattr(cls, name)):
+            raise InvalidRequestError(
+                f"actor class {cls.__name__}: {name}() must be a plain method, not async"
+            )
+
+
 class ActorClass:
     """A class decorated with `@fabric.remote`; instantiate it with `.remote(...)`."""
 
@@ -173,6 +192,7 @@ class ActorClass:
         return clone
 
     def remote(self, *args: Any, **kwargs: Any) -> ActorHandle:
+        _check_checkpoint_methods(self._cls)
         client = _api.client_for_submit()
         options = {
             **_options.ACTOR_DEFAULTS,

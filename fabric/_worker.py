@@ -24,6 +24,7 @@ from typing import Any
 
 from fabric import _state, _tracing
 from fabric._agent.rlimits import apply_rlimits_from_env
+from fabric._agent.state import MAX_CHECKPOINT_BYTES
 from fabric._client import CoreClient
 from fabric._proto import fabric_pb2 as pb
 from fabric._serialization import (
@@ -36,6 +37,22 @@ from fabric._serialization import (
 from fabric.exceptions import FabricError, TaskCancelledError, TaskError
 
 _LEN = struct.Struct("<I")
+_MAX_CHECKPOINT_ERROR = 500  # characters of a failed checkpoint's reason sent to the agent
+
+
+class _RestoreFailed(Exception):
+    """A restarted actor's `restore()` raised, or its checkpoint could not be read."""
+
+    def __init__(self, class_name: str, cause: BaseException) -> None:
+        super().__init__(f"{type(cause).__name__}: {cause}")
+        self.function_name = f"{class_name}.restore"
+        self.cause = cause
+        self.traceback_text = "".join(traceback.format_exception(cause))
+
+
+def _checkpointed(cls: type) -> bool:
+    """Whether the actors of `cls` are checkpointed: it defines `checkpoint` and `restore`."""
+    return callable(getattr(cls, "checkpoint", None)) and callable(getattr(cls, "restore", None))
 
 
 class LocalChannel:
@@ -78,6 +95,10 @@ class Worker:
         self.blobs: dict[bytes, bytes] = {}  # function bodies by digest, as received
         self.tasks: queue.SimpleQueue[pb.ExecuteTask | None] = queue.SimpleQueue()
         self.actor: Any = None
+        self.checkpointed = False  # the actor's class has `checkpoint` and `restore`
+        # Held while a call's checkpoint is taken and sent with its result: the agent then
+        # receives checkpoints in the order they were taken, even from concurrent calls.
+        self.checkpoint_lock = threading.Lock()
         self.main_task_id = b""  # the task running on the main thread, for cancellation
         self.cancelled: set[bytes] = set()
         self.pool: ThreadPoolExecutor | None = None
@@ -201,6 +222,12 @@ class Worker:
             cls = self._load(spec)
             self.client.current_actor_id = spec.actor_id
             self.actor = cls(*args, **kwargs)
+            self.checkpointed = _checkpointed(cls)
+            if execute.HasField("restore_state"):
+                try:
+                    self.actor.restore(deserialize(execute.restore_state))
+                except Exception as e:
+                    raise _RestoreFailed(cls.__qualname__, e) from e
             self._setup_concurrency(cls, spec.actor_options.max_concurrency)
             return None
         method = getattr(self.actor, spec.method_name)
@@ -304,7 +331,34 @@ class Worker:
         message = pb.TaskResult(task_id=spec.task_id)
         for index, value in enumerate(values):
             message.returns.append(self._encode_return(spec.task_id, index, value))
+        if spec.kind == pb.ACTOR_TASK and self.checkpointed:
+            with self.checkpoint_lock:
+                self._checkpoint_into(message)
+                self.channel.send_from_worker(pb.FromWorker(result=message))
+            return
         self.channel.send_from_worker(pb.FromWorker(result=message))
+
+    def _checkpoint_into(self, message: pb.TaskResult) -> None:
+        """Attach the actor's checkpoint to a call's result, or why there is none (the call
+        still returns its result; the agent keeps the previous checkpoint)."""
+        try:
+            serialized = serialize(self.actor.checkpoint())
+        except Exception as e:
+            problem = f"checkpoint() failed: {type(e).__name__}: {e}"
+        else:
+            size = serialized.total_size
+            if serialized.contained_refs:
+                # Nothing would keep the objects alive for a restart to read.
+                problem = "the checkpoint holds object refs, which a checkpoint cannot keep"
+            elif size > MAX_CHECKPOINT_BYTES:
+                problem = (
+                    f"the checkpoint of {size} bytes is over the limit of "
+                    f"{MAX_CHECKPOINT_BYTES} bytes"
+                )
+            else:
+                message.checkpoint = serialized.to_bytes()
+                return
+        message.checkpoint_error = problem[:_MAX_CHECKPOINT_ERROR]
 
     def _encode_return(self, task_id: bytes, index: int, value: Any) -> pb.ReturnValue:
         object_id = task_id + (index + 1).to_bytes(4, "big")
@@ -319,11 +373,16 @@ class Worker:
 
     def _send_error(self, spec: pb.TaskSpec, error: BaseException, tb: str) -> None:
         name = spec.function_name or spec.method_name
+        message = pb.TaskResult(task_id=spec.task_id, is_error=True)
+        if isinstance(error, _RestoreFailed):
+            # The agent names restore() in the actor's death, not its constructor.
+            message.checkpoint_error = f"restore() raised {error}"[:_MAX_CHECKPOINT_ERROR]
+            name, tb = error.function_name, error.traceback_text
+            error = error.cause
         wrapped: BaseException = error
         if not isinstance(error, TaskCancelledError):
             wrapped = TaskError(name, tb, error).as_instanceof_cause()
         blob = serialize_error(wrapped, tb).to_bytes()
-        message = pb.TaskResult(task_id=spec.task_id, is_error=True)
         for index in range(max(spec.num_returns, 1)):
             object_id = spec.task_id + (index + 1).to_bytes(4, "big")
             message.returns.append(pb.ReturnValue(object_id=object_id, inline_blob=blob))

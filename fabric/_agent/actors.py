@@ -18,6 +18,7 @@ from fabric._agent.base import (
 from fabric._agent.dispatch import Dispatch
 from fabric._agent.durability import mark
 from fabric._agent.state import (
+    MAX_CHECKPOINT_BYTES,
     ActorEntry,
     ActorState,
     Session,
@@ -66,6 +67,13 @@ class Actors(Dispatch):
             pending.append(task)  # the actor is not placed yet; keep submission order
             return
         node = self.actor_locations.get(key) or task.spec.actor_node
+        if node and node != self.node_id and node not in self.nodes:
+            self._fail(
+                task,
+                self.refused_actors.get(key)
+                or error_info(E.ACTOR_DIED, f"the actor's node {node} was lost"),
+            )
+            return
         if node and node != self.node_id and task.spec.hops < MAX_ACTOR_HOPS:
             if self._may_run_at(task, node):
                 self._forward(task, node)
@@ -160,9 +168,15 @@ class Actors(Dispatch):
             blob = result.returns[0].inline_blob if result.returns else b""
             summary = blob_error_summary(blob)
             actor.restarts_left = 0
-            self._actor_dead(
-                actor, error_info(E.ACTOR_DIED, f"the actor's constructor raised {summary}")
-            )
+            # The worker sets `checkpoint_error` when restore() raised, not the constructor.
+            if actor.state is ActorState.RESTARTING and result.checkpoint_error:
+                message = (
+                    f"the actor's restore() of the checkpoint taken after call "
+                    f"{actor.checkpoint_call} raised {summary}"
+                )
+            else:
+                message = f"the actor's constructor raised {summary}"
+            self._actor_dead(actor, error_info(E.ACTOR_DIED, message))
             if actor.worker is not None:
                 actor.worker.kill()
             return
@@ -209,6 +223,45 @@ class Actors(Dispatch):
             actor.inflight[task.task_id] = task
             self._execute(task, actor.worker)
 
+    def _actor_call_returned(
+        self, actor: ActorEntry, worker: Worker, result: pb.TaskResult
+    ) -> None:
+        """Count a call that returned, and keep the checkpoint it came with. The caller
+        delivers the call's result after this: a result a caller saw is always covered by
+        the checkpoint a restart starts from."""
+        actor.calls_done += 1
+        if actor.worker is not worker:
+            return  # not from the actor's current incarnation
+        if result.HasField("checkpoint"):
+            size = len(result.checkpoint)
+            if size <= MAX_CHECKPOINT_BYTES:
+                actor.checkpoint = result.checkpoint
+                actor.checkpoint_call = actor.calls_done
+                return
+            problem = (
+                f"the checkpoint of {size} bytes is over the limit of {MAX_CHECKPOINT_BYTES} bytes"
+            )
+        elif result.checkpoint_error:
+            problem = result.checkpoint_error
+        else:
+            return
+        if not actor.checkpoint_warned:
+            actor.checkpoint_warned = True
+            kept = (
+                f"the checkpoint taken after call {actor.checkpoint_call}"
+                if actor.checkpoint is not None
+                else "no checkpoint"
+            )
+            log.warning(
+                "actor %s of tenant %s: no checkpoint after call %d: %s; a restart would "
+                "start from %s (later failed checkpoints of this actor are not logged)",
+                actor.creation.spec.actor_id.hex(),
+                actor.tenant,
+                actor.calls_done,
+                problem,
+                kept,
+            )
+
     def _actor_worker_died(
         self, worker: Worker, reason: str, stopped: pb.ErrorInfo | None = None
     ) -> None:
@@ -243,10 +296,31 @@ class Actors(Dispatch):
                     )
             actor.inflight.clear()
             actor.queued[:0] = retry
-            log.info("restarting actor %s after: %s", actor.creation.spec.actor_id.hex(), reason)
+            self._record_restart(actor, reason)
             self._spawn_actor_worker(actor)
             return
         self._actor_dead(actor, error_info(E.ACTOR_DIED, f"the actor died: {reason}"))
+
+    def _record_restart(self, actor: ActorEntry, reason: str) -> None:
+        spec = actor.creation.spec
+        if actor.checkpoint is not None:
+            how = f"restores the checkpoint taken after call {actor.checkpoint_call}"
+        else:
+            how = "re-runs its constructor (no checkpoint)"
+        log.info("restarting actor %s after: %s; it %s", spec.actor_id.hex(), reason, how)
+        if self.recorder is not None:
+            self.recorder.event(
+                kind="actor.restart",
+                tenant=spec.tenant,
+                outcome="restart",
+                rules=("actor.max-restarts",),
+                reasons=(reason, how),
+                task=spec.task_id.hex(),
+                actor=spec.actor_id.hex(),
+                job=spec.job_id.hex(),
+                policy=spec.policy_version,
+                parent=actor.creation.audit_id,
+            )
 
     def _actor_dead(self, actor: ActorEntry, error: pb.ErrorInfo) -> None:
         if actor.state is ActorState.DEAD:

@@ -12,6 +12,7 @@ act on it wait until it is durable (`durability.py`).
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import json
 import logging
@@ -145,6 +146,7 @@ class AgentBase:
         # Every table is keyed by (tenant, id): an id another tenant knows, guesses or
         # forges names nothing of ours, so it can neither reach nor squat our entries.
         self.objects: dict[Key, ObjEntry] = {}
+        self.fetches: dict[Key, asyncio.Task[None]] = {}  # pulls of objects under way
         self.tasks: dict[Key, TaskEntry] = {}
         self.queues = LocalQueues()  # placed here, not yet running
         self.placing: list[TaskEntry] = []  # feasible only elsewhere, no capacity there now

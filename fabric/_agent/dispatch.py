@@ -27,6 +27,7 @@ from fabric._agent.durability import mark
 from fabric._agent.results import Results
 from fabric._agent.scheduler import Shape, fits, how_many_fit, shape_of
 from fabric._agent.state import (
+    ActorEntry,
     Session,
     TaskEntry,
     TaskState,
@@ -48,6 +49,9 @@ class Dispatch(Results):
         def _actor_placed(self, tenant: str, actor_id: bytes, node_id: str) -> None: ...
         def _start_actor(self, task: TaskEntry) -> None: ...
         def _actor_started(self, task: TaskEntry, result: pb.TaskResult) -> None: ...
+        def _actor_call_returned(
+            self, actor: ActorEntry, worker: Worker, result: pb.TaskResult
+        ) -> None: ...
         def _actor_worker_died(
             self, worker: Worker, reason: str, error: pb.ErrorInfo | None = None
         ) -> None: ...
@@ -460,7 +464,9 @@ class Dispatch(Results):
             resolved.append(r)
         return resolved
 
-    def _execute(self, task: TaskEntry, worker: Worker) -> None:
+    def _execute(self, task: TaskEntry, worker: Worker, restore_state: bytes | None = None) -> None:
+        """`restore_state`: for an actor's creation on a new worker, the checkpoint it
+        restores after its constructor."""
         spec = task.spec
         task.state = TaskState.RUNNING
         task.worker = worker
@@ -481,6 +487,8 @@ class Dispatch(Results):
             ),
             args=self._resolved_args(task),
         )
+        if restore_state is not None:
+            execute.restore_state = restore_state
         digest = spec.function_digest
         if spec.kind != pb.ACTOR_TASK and digest not in worker.seen_digests:
             execute.spec.function_blob = self.functions.get((spec.tenant, digest), b"")
@@ -540,7 +548,7 @@ class Dispatch(Results):
             if worker.actor_id:
                 actor = self.actors.get((worker.tenant, worker.actor_id))
                 if actor is not None and actor.worker is worker:
-                    self._execute(actor.creation, worker)
+                    self._execute(actor.creation, worker, actor.checkpoint)
             else:
                 self._worker_idle(worker)
 
@@ -643,6 +651,9 @@ class Dispatch(Results):
             actor = self.actors.get((spec.tenant, spec.actor_id))
             if actor is not None:
                 actor.inflight.pop(spec.task_id, None)
+                # Its checkpoint is kept before its result goes out: a restart never starts
+                # from a state older than a result its caller has seen.
+                self._actor_call_returned(actor, worker, result)
         self._store_results(task, result)
         self._schedule_dispatch()
 

@@ -17,6 +17,7 @@ from fabric._agent.base import (
     REFUSED_ACTORS_KEPT,
     E,
     error_info,
+    log,
     refusal,
 )
 from fabric._agent.base import (
@@ -25,7 +26,8 @@ from fabric._agent.base import (
 from fabric._agent.base import (
     Peers as Peers,
 )
-from fabric._agent.bundles import BUNDLE_PEER_MESSAGES, GROUP_MESSAGES, Bundles
+from fabric._agent.bundles import BUNDLE_PEER_MESSAGES, GROUP_MESSAGES
+from fabric._agent.lineage import Lineages
 from fabric._agent.state import (
     ObjEntry,
     ObjState,
@@ -59,7 +61,7 @@ BUDGET_DECISIONS_KEPT = 1024
 NO_LIMITS = Limits()
 
 
-class NodeAgent(Bundles):
+class NodeAgent(Lineages):
     def open_session(
         self, tenant: str, namespace: str, identity: str, send: Callable[[pb.ServerMessage], None]
     ) -> Session:
@@ -381,10 +383,16 @@ class NodeAgent(Bundles):
             )
         return usage
 
-    def _collision(self, tenant: str, spec: pb.TaskSpec) -> str | None:
-        """A task or actor id already in use by this tenant (reuse would overwrite it)."""
+    def _collision(self, tenant: str, spec: pb.TaskSpec, sender: str = "") -> str | None:
+        """A task or actor id already in use by this tenant (reuse would overwrite it). A
+        task forwarded by `sender` may find entries of its results here that it replaces:
+        copies awaited here (a task that takes them can arrive first, when the one that
+        makes them took a longer way), or results held for the sender that it makes again
+        (they were lost)."""
         if (tenant, spec.task_id) in self.tasks or any(
-            (tenant, return_id(spec.task_id, i)) in self.objects for i in range(spec.num_returns)
+            (entry := self.objects.get((tenant, return_id(spec.task_id, i)))) is not None
+            and not (sender and _replaceable(entry, sender))
+            for i in range(spec.num_returns)
         ):
             return f"task id {spec.task_id.hex()} is already in use"
         key = (tenant, spec.actor_id)
@@ -436,9 +444,13 @@ class NodeAgent(Bundles):
         if spec.function_blob:
             self.functions[(spec.tenant, spec.function_digest)] = spec.function_blob
             spec.ClearField("function_blob")
-        problem = _validate_spec(spec) or self._collision(spec.tenant, spec)
+        problem = _validate_spec(spec)
+        if problem is None and self._answer_from_copies(from_node, spec):
+            return
+        problem = problem or self._collision(spec.tenant, spec, from_node)
         if problem is not None:
             # Answer the sender without touching entries that may stand under these ids.
+            log.warning("refused task %s from %s: %s", spec.task_id.hex(), from_node, problem)
             error = error_info(E.INVALID_REQUEST, problem)
             self.peers.send(
                 from_node,
@@ -460,9 +472,15 @@ class NodeAgent(Bundles):
             return
         task = TaskEntry(spec, origin_node=from_node)
         for object_id in task.return_ids:
-            self.objects[(spec.tenant, object_id)] = ObjEntry(
-                tenant=spec.tenant, remote_owner=from_node
-            )
+            entry = self.objects.get((spec.tenant, object_id))
+            if entry is None:
+                self.objects[(spec.tenant, object_id)] = ObjEntry(
+                    tenant=spec.tenant, remote_owner=from_node
+                )
+            else:  # replaced: it is made here now (its waiters stay)
+                self._stop_fetch(object_id, entry)
+                entry.state, entry.location = ObjState.PENDING, ""
+                entry.remote_owner, entry.cache = from_node, False
         self.tasks[(spec.tenant, spec.task_id)] = task
         bad_arg = self._pin_args(task)
         if bad_arg is not None:
@@ -486,12 +504,17 @@ class NodeAgent(Bundles):
             entry.residency = decode_regions(location.residency)
             entry.classes = frozenset(location.data_classes)
             if which == "stored_size":
-                entry.location = from_node  # the blob stays there until we free it
+                # The blob stays where it was made until we free it. A relayed result names
+                # that node; the relay hears of the free with the holder's copies.
+                entry.location = location.moved_to or from_node
+                if location.moved_to:
+                    entry.copies.add(from_node)
             else:
                 self._fill(entry, object_id, location)
             self._contain(entry, location.contained_ids)
             entry.state = ObjState.READY
             locations.append(location)
+        self._keep_lineage(task)
         if task.spec.kind == pb.ACTOR_CREATION:
             failed = any(loc.HasField("error") for loc in finished.returns)
             if failed:
@@ -505,13 +528,18 @@ class NodeAgent(Bundles):
         if task.origin_node:
             # We only relayed this task (e.g. a call to an actor we placed): pass the
             # results on. Stored ones are fetched through us, since we know where they are.
+            for location in locations:
+                if location.WhichOneof("value") == "stored_size" and not location.moved_to:
+                    location.moved_to = from_node  # where it is: the owner asks there
             relayed = pb.TaskFinished(task_id=task.task_id, returns=locations, tenant=tenant)
             self.peers.send(task.origin_node, pb.PeerMessage(finished=relayed))
         for location in locations:
             entry = self.objects.get((tenant, location.object_id))
             if entry is None:
                 continue
-            if entry.location and not entry.local and entry.subscribers and self._may_hold(entry):
+            # Wanted here (by a driver, or as a task's argument): pull it first.
+            wanted = entry.subscribers or entry.waiters
+            if entry.location and not entry.local and wanted and self._may_hold(entry):
                 self._ensure_fetch(location.object_id, entry)
             else:
                 self._object_ready(location.object_id, entry)
@@ -528,17 +556,13 @@ class NodeAgent(Bundles):
             for task in placing:
                 self._route(task)
         self._spill_queued()
-        # Tasks forwarded to a node that is gone fail over (or fail) now.
+        # Tasks forwarded to a node that is gone fail over (or fail) now, and what we held
+        # only there is rebuilt from its lineage (or fails).
         for task in list(self.tasks.values()) if gone else ():
             if task.state is TaskState.REMOTE and task.remote_node not in self.nodes:
-                task.state = TaskState.PLACING
-                if task.spec.kind == pb.NORMAL_TASK and task.retries_left != 0:
-                    task.retries_left -= 1
-                    self.placing.append(task)
-                else:
-                    self._fail(
-                        task, error_info(E.WORKER_CRASHED, f"node {task.remote_node} was lost")
-                    )
+                self._retry_elsewhere(task, task.remote_node)
+        if gone:
+            self._nodes_lost(gone)
         self._groups_view_changed(gone)
         self._schedule_dispatch()
 
@@ -608,6 +632,15 @@ class NodeAgent(Bundles):
             if actor.worker is not None:
                 actor.worker.kill()
         self.close_budgets()
+
+
+def _replaceable(entry: ObjEntry, sender: str) -> bool:
+    """Whether a task `sender` forwards may make the object of `entry` here: a copy of
+    another node's object that has not arrived, or a result held for the sender that is
+    not here (it is being made again)."""
+    if entry.local or not entry.remote_owner:
+        return False
+    return entry.cache or entry.remote_owner == sender
 
 
 def _validate_spec(spec: pb.TaskSpec) -> str | None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
 from fabric import _metrics
 from fabric._agent.base import E, error_info, log, refusal, unknown_object
@@ -24,8 +25,28 @@ from fabric.policy._admission import Usage, decide_admission
 from fabric.policy._model import Regions, ResidencyLabelError, encode_regions, intersect
 from fabric.policy._residency import Destination, decide_transfer
 
+if TYPE_CHECKING:
+    from fabric._agent.lineage import Lineage
+
+
+FETCH_RETRY = 0.5  # seconds between fetches of an object of ours from an unreachable node
+MAX_REDIRECTS = 2  # an owner names the holder, which has it: one hop is enough
+
 
 class ObjectTable(Guard):
+    if TYPE_CHECKING:
+        # Defined by lineage.py.
+        def _nodes_lost(self, gone: set[str]) -> None: ...
+        def _rebuild(self, lineage: Lineage, lost_node: str) -> None: ...
+
+    def _rebuildable(self, entry: ObjEntry) -> bool:
+        """Whether `entry` is ours and its task may run again to make it."""
+        return (
+            not entry.remote_owner
+            and entry.lineage is not None
+            and (entry.lineage.rebuilds_left > 0)
+        )
+
     def _owned_entry(self, session: Session, object_id: bytes) -> ObjEntry | None:
         return self.objects.get((session.tenant, object_id))
 
@@ -282,20 +303,78 @@ class ObjectTable(Guard):
         if entry.state is ObjState.PENDING and not entry.location:
             return
         entry.fetching = True
-        asyncio.get_running_loop().create_task(self._fetch(object_id, entry))
+        key = (entry.tenant, object_id)
+        pull = asyncio.get_running_loop().create_task(self._fetch(object_id, entry))
+        self.fetches[key] = pull
+        pull.add_done_callback(
+            lambda _: self.fetches.pop(key, None) if self.fetches.get(key) is pull else None
+        )
+
+    def _stop_fetch(self, object_id: bytes, entry: ObjEntry) -> None:
+        """Give up a pull of `entry` under way: its object is made here, or again, now."""
+        pull = self.fetches.pop((entry.tenant, object_id), None)
+        if pull is not None:
+            pull.cancel()
+        entry.fetching = False
 
     async def _fetch(self, object_id: bytes, entry: ObjEntry) -> None:
+        source = entry.location
         try:
-            location = await self.peers.fetch(entry.location, entry.tenant, object_id)
+            location = await self.peers.fetch(source, entry.tenant, object_id)
+            for _ in range(MAX_REDIRECTS):
+                if not location.moved_to or entry.location != source:
+                    break
+                # The owner may not hold it: ask the node that does.
+                source = entry.location = location.moved_to
+                location = await self.peers.fetch(source, entry.tenant, object_id)
+        except Exception as e:
+            if entry.location != source:
+                return  # lost with its node meanwhile, and being rebuilt
+            if self._rebuildable(entry):
+                # Ours, and we can make it again: once the head declares the node lost it is
+                # rebuilt; until then (a slow or cut link) the fetch is tried again.
+                log.warning("fetching %s from %s failed: %s", object_id.hex(), source, e)
+                entry.fetching = False
+                if source in self.nodes:
+                    asyncio.get_running_loop().call_later(
+                        FETCH_RETRY, self._ensure_fetch, object_id, entry
+                    )
+                else:
+                    self._nodes_lost({source})
+                return
+            log.warning("fetching %s from %s failed: %s", object_id.hex(), source, e)
+            owner = entry.remote_owner
+            if owner and source != owner and owner in self.nodes:
+                # Its owner sent us to a node that is gone: ask the owner again, who makes
+                # it again once it learns of the loss.
+                entry.location, entry.fetching = owner, False
+                asyncio.get_running_loop().call_later(
+                    FETCH_RETRY, self._ensure_fetch, object_id, entry
+                )
+                return
+            location = None
+            failure = str(e)
+        if entry.location != source:
+            return  # lost with its node meanwhile, and being rebuilt
+        if (
+            location is not None
+            and location.error.kind in (E.UNKNOWN_OBJECT, E.OBJECT_LOST)
+            and entry.lineage is not None
+            and self._rebuildable(entry)
+        ):
+            # The node that had it (or passed it on) has it no more: make it again.
+            entry.fetching = False
+            self._rebuild(entry.lineage, source)
+            return
+        if location is not None:
             self._fill(entry, object_id, location)
             if not location.HasField("error"):
                 size = location.stored_size or len(location.inline_blob)
                 _metrics.object_fetched(entry.tenant, size)
-        except Exception as e:
-            log.warning("fetching %s from %s failed: %s", object_id.hex(), entry.location, e)
+        else:
             entry.error = error_info(
                 E.OBJECT_LOST,
-                f"could not fetch ObjectRef({object_id.hex()}) from node {entry.location}: {e}",
+                f"could not fetch ObjectRef({object_id.hex()}) from node {source}: {failure}",
             )
         entry.fetching = False
         entry.state = ObjState.READY
@@ -338,11 +417,33 @@ class ObjectTable(Guard):
         self.objects.pop((entry.tenant, object_id), None)
         if entry.stored_size >= 0:
             self.store.delete(entry.tenant, object_id)
+        lineage = entry.lineage
+        if lineage is not None:
+            # With the last result of a task its lineage goes, and the arguments it kept.
+            lineage.alive -= 1
+            if lineage.alive == 0:
+                pinned, lineage.pinned = lineage.pinned, []
+                for arg_id in pinned:
+                    arg = self.objects.get((entry.tenant, arg_id))
+                    if arg is not None:
+                        arg.pins -= 1
+                        self._maybe_free(arg_id, arg)
         for inner_id in entry.contained:
             inner = self.objects.get((entry.tenant, inner_id))
             if inner is not None:
                 inner.pins -= 1
                 self._maybe_free(inner_id, inner)
+
+    async def _until_ready(self, object_id: bytes, entry: ObjEntry) -> None:
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+        def ready() -> None:
+            if not done.done():
+                done.set_result(None)
+
+        entry.waiters.append(ready)
+        self._ensure_fetch(object_id, entry)
+        await done
 
     async def serve_fetch(self, tenant: str, object_id: bytes, requester: str) -> pb.ObjectLocation:
         """Another node wants an object we own or hold: wait until it is ready here."""
@@ -351,16 +452,13 @@ class ObjectTable(Guard):
             return pb.ObjectLocation(
                 object_id=object_id, tenant=tenant, error=unknown_object(object_id)
             )
-        if not entry.local:
-            done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-
-            def ready() -> None:
-                if not done.done():
-                    done.set_result(None)
-
-            entry.waiters.append(ready)
-            self._ensure_fetch(object_id, entry)
-            await done
+        while not entry.local:
+            if entry.state is ObjState.READY and entry.location and not self._may_hold(entry):
+                # Ours, but not ours to hold: the node that has it decides for itself.
+                return pb.ObjectLocation(
+                    object_id=object_id, tenant=tenant, moved_to=entry.location
+                )
+            await self._until_ready(object_id, entry)
             entry = self.objects.get((tenant, object_id)) or entry
         location = pb.ObjectLocation(
             object_id=object_id,

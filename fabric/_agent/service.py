@@ -34,6 +34,7 @@ CHUNK_SIZE = 4 << 20
 AUDIT_BATCH = 2000  # records per forwarded batch
 AUDIT_FORWARD_PAUSE = 0.05  # seconds between batches once the head has caught up
 HEARTBEAT_INTERVAL = 1.0
+RECONNECT_AT_MOST = 1.0  # seconds between attempts to reach the head
 
 ALLOWED_KINDS = {
     "/fabric.v1.Agent/Session": frozenset({"tenant"}),
@@ -130,7 +131,9 @@ class AgentService(rpc.AgentServicer):
         location = await self.node.serve_fetch(request.tenant, request.object_id, identity.name)
         await durable()  # the transfer decision is recorded before a byte leaves
         which = location.WhichOneof("value")
-        if which == "error":
+        if location.moved_to:
+            yield pb.ObjectChunk(moved_to=location.moved_to)
+        elif which == "error":
             yield pb.ObjectChunk(error=location.error)
         elif which == "inline_blob":
             blob = location.inline_blob
@@ -213,6 +216,9 @@ class PeerLinks:
             ):
                 if chunk.HasField("error"):
                     location.error.CopyFrom(chunk.error)
+                    return location
+                if chunk.moved_to:
+                    location.moved_to = chunk.moved_to
                     return location
                 if chunk.total_size <= INLINE_THRESHOLD:
                     parts.append(chunk.data)
@@ -317,7 +323,9 @@ class HeadLink:
                     return
                 log.warning("lost the head: %s", self.error)
             await asyncio.sleep(delay)
-            delay = min(delay * 2, 5.0)
+            # Back within the head's node-loss deadline (5 s by default), even after a
+            # long outage: a node that reconnects later is taken for lost.
+            delay = min(delay * 2, RECONNECT_AT_MOST)
 
     async def forward_audit(self) -> None:
         """Forward the journal's durable records to the head's sequencer, in order, for

@@ -9,11 +9,15 @@ import enum
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from fabric._agent.workers import Worker
 from fabric._proto import fabric_pb2 as pb
 from fabric.policy._labels import NO_SELECTOR, LabelSelector, parse_selector
 from fabric.policy._model import Regions, decode_regions
+
+if TYPE_CHECKING:
+    from fabric._agent.lineage import Lineage
 
 
 class ObjState(enum.Enum):
@@ -41,6 +45,7 @@ class ObjEntry:
     cache: bool = False  # a copy pulled for a local use: dropped when nothing here uses it
     residency: Regions = None  # regions its bytes may live in; None: anywhere
     classes: frozenset[str] = frozenset()  # the data classes it derives from
+    lineage: Lineage | None = None  # how to make it again, while it lives on another node
 
     @property
     def local(self) -> bool:
@@ -113,6 +118,11 @@ class ActorState(enum.Enum):
     DEAD = "dead"
 
 
+# The largest actor checkpoint an agent keeps (it holds each actor's latest in memory); a
+# bigger one is refused like a `checkpoint()` that raised, and the previous one is kept.
+MAX_CHECKPOINT_BYTES = 64 << 20
+
+
 @dataclass(eq=False)
 class ActorEntry:
     """An actor hosted on this node."""
@@ -128,6 +138,12 @@ class ActorEntry:
     # Regions its state may live in: its creation's, narrowed by every object it reads.
     residency: Regions = None
     classes: frozenset[str] = frozenset()  # the data classes its state derives from
+    calls_done: int = 0  # calls that returned a result, over all its incarnations
+    # The latest checkpoint (see `TaskResult.checkpoint`), None before the first one, and
+    # the call after which it was taken: a restart starts from it.
+    checkpoint: bytes | None = None
+    checkpoint_call: int = 0
+    checkpoint_warned: bool = False  # a failed checkpoint is logged once per actor
 
     @property
     def tenant(self) -> str:

@@ -590,12 +590,14 @@ class ResolvedArg(_message.Message):
     def __init__(self, keyword: _Optional[str] = ..., inline_blob: _Optional[bytes] = ..., stored_id: _Optional[bytes] = ...) -> None: ...
 
 class ExecuteTask(_message.Message):
-    __slots__ = ("spec", "args")
+    __slots__ = ("spec", "args", "restore_state")
     SPEC_FIELD_NUMBER: _ClassVar[int]
     ARGS_FIELD_NUMBER: _ClassVar[int]
+    RESTORE_STATE_FIELD_NUMBER: _ClassVar[int]
     spec: TaskSpec
     args: _containers.RepeatedCompositeFieldContainer[ResolvedArg]
-    def __init__(self, spec: _Optional[_Union[TaskSpec, _Mapping]] = ..., args: _Optional[_Iterable[_Union[ResolvedArg, _Mapping]]] = ...) -> None: ...
+    restore_state: bytes
+    def __init__(self, spec: _Optional[_Union[TaskSpec, _Mapping]] = ..., args: _Optional[_Iterable[_Union[ResolvedArg, _Mapping]]] = ..., restore_state: _Optional[bytes] = ...) -> None: ...
 
 class ReturnValue(_message.Message):
     __slots__ = ("object_id", "inline_blob", "stored_size", "contained_ids")
@@ -610,14 +612,18 @@ class ReturnValue(_message.Message):
     def __init__(self, object_id: _Optional[bytes] = ..., inline_blob: _Optional[bytes] = ..., stored_size: _Optional[int] = ..., contained_ids: _Optional[_Iterable[bytes]] = ...) -> None: ...
 
 class TaskResult(_message.Message):
-    __slots__ = ("task_id", "returns", "is_error")
+    __slots__ = ("task_id", "returns", "is_error", "checkpoint", "checkpoint_error")
     TASK_ID_FIELD_NUMBER: _ClassVar[int]
     RETURNS_FIELD_NUMBER: _ClassVar[int]
     IS_ERROR_FIELD_NUMBER: _ClassVar[int]
+    CHECKPOINT_FIELD_NUMBER: _ClassVar[int]
+    CHECKPOINT_ERROR_FIELD_NUMBER: _ClassVar[int]
     task_id: bytes
     returns: _containers.RepeatedCompositeFieldContainer[ReturnValue]
     is_error: bool
-    def __init__(self, task_id: _Optional[bytes] = ..., returns: _Optional[_Iterable[_Union[ReturnValue, _Mapping]]] = ..., is_error: _Optional[bool] = ...) -> None: ...
+    checkpoint: bytes
+    checkpoint_error: str
+    def __init__(self, task_id: _Optional[bytes] = ..., returns: _Optional[_Iterable[_Union[ReturnValue, _Mapping]]] = ..., is_error: _Optional[bool] = ..., checkpoint: _Optional[bytes] = ..., checkpoint_error: _Optional[str] = ...) -> None: ...
 
 class WorkerStarted(_message.Message):
     __slots__ = ("pid",)
@@ -652,7 +658,7 @@ class ToWorker(_message.Message):
     def __init__(self, server: _Optional[_Union[ServerMessage, _Mapping]] = ..., execute: _Optional[_Union[ExecuteTask, _Mapping]] = ..., cancel: _Optional[_Union[CancelTask, _Mapping]] = ..., reclaim: _Optional[_Union[Reclaim, _Mapping]] = ...) -> None: ...
 
 class ObjectLocation(_message.Message):
-    __slots__ = ("object_id", "tenant", "inline_blob", "stored_size", "error", "contained_ids", "residency", "data_classes")
+    __slots__ = ("object_id", "tenant", "inline_blob", "stored_size", "error", "contained_ids", "residency", "data_classes", "moved_to")
     OBJECT_ID_FIELD_NUMBER: _ClassVar[int]
     TENANT_FIELD_NUMBER: _ClassVar[int]
     INLINE_BLOB_FIELD_NUMBER: _ClassVar[int]
@@ -661,6 +667,7 @@ class ObjectLocation(_message.Message):
     CONTAINED_IDS_FIELD_NUMBER: _ClassVar[int]
     RESIDENCY_FIELD_NUMBER: _ClassVar[int]
     DATA_CLASSES_FIELD_NUMBER: _ClassVar[int]
+    MOVED_TO_FIELD_NUMBER: _ClassVar[int]
     object_id: bytes
     tenant: str
     inline_blob: bytes
@@ -669,7 +676,8 @@ class ObjectLocation(_message.Message):
     contained_ids: _containers.RepeatedScalarFieldContainer[bytes]
     residency: str
     data_classes: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, object_id: _Optional[bytes] = ..., tenant: _Optional[str] = ..., inline_blob: _Optional[bytes] = ..., stored_size: _Optional[int] = ..., error: _Optional[_Union[ErrorInfo, _Mapping]] = ..., contained_ids: _Optional[_Iterable[bytes]] = ..., residency: _Optional[str] = ..., data_classes: _Optional[_Iterable[str]] = ...) -> None: ...
+    moved_to: str
+    def __init__(self, object_id: _Optional[bytes] = ..., tenant: _Optional[str] = ..., inline_blob: _Optional[bytes] = ..., stored_size: _Optional[int] = ..., error: _Optional[_Union[ErrorInfo, _Mapping]] = ..., contained_ids: _Optional[_Iterable[bytes]] = ..., residency: _Optional[str] = ..., data_classes: _Optional[_Iterable[str]] = ..., moved_to: _Optional[str] = ...) -> None: ...
 
 class TaskFinished(_message.Message):
     __slots__ = ("task_id", "returns", "tenant")
@@ -779,16 +787,18 @@ class FetchRequest(_message.Message):
     def __init__(self, object_id: _Optional[bytes] = ..., tenant: _Optional[str] = ...) -> None: ...
 
 class ObjectChunk(_message.Message):
-    __slots__ = ("total_size", "offset", "data", "error")
+    __slots__ = ("total_size", "offset", "data", "error", "moved_to")
     TOTAL_SIZE_FIELD_NUMBER: _ClassVar[int]
     OFFSET_FIELD_NUMBER: _ClassVar[int]
     DATA_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
+    MOVED_TO_FIELD_NUMBER: _ClassVar[int]
     total_size: int
     offset: int
     data: bytes
     error: ErrorInfo
-    def __init__(self, total_size: _Optional[int] = ..., offset: _Optional[int] = ..., data: _Optional[bytes] = ..., error: _Optional[_Union[ErrorInfo, _Mapping]] = ...) -> None: ...
+    moved_to: str
+    def __init__(self, total_size: _Optional[int] = ..., offset: _Optional[int] = ..., data: _Optional[bytes] = ..., error: _Optional[_Union[ErrorInfo, _Mapping]] = ..., moved_to: _Optional[str] = ...) -> None: ...
 
 class RegisterNode(_message.Message):
     __slots__ = ("address", "region", "resources", "labels")

@@ -1,0 +1,307 @@
+"""Node loss on loopback: work running there moves on, objects held only there come back
+from their lineage, and what cannot come back fails saying why.
+
+Three agents. The driver's (``us-1``, us-east) owns everything the driver submits, but
+under this policy alice's data may live only in the EU: results made on ``eu-1`` and
+``eu-2`` never pass through the driver's node, so they exist only where they were made,
+and a chain of tasks lives only on the nodes that ran it. ``us-1`` could run the tasks (it
+has the ``work`` resource they ask for and is idle), so every placement on an EU node is the
+policy's doing. Killing a node with SIGKILL loses what only it held; the owner runs the
+tasks that made it again, link by link, inside the EU. The data may not reach the driver,
+so the tasks report where they ran and what they found in files the test reads.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import json
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+import fabric
+from fabric import _api, _state
+from fabric._cluster import LocalCluster, NodeSpec
+from fabric.exceptions import ActorDiedError, ObjectLostError, PlacementRefusedError
+from tests.conftest import wait_for
+
+TIMEOUT = 60.0
+WORK: dict[str, float] = {"work": 1}
+ELEMENTS = 64 * 1024  # float64: 512 KiB, stored rather than inline
+CHAIN = 10
+EU = ("eu-1", "eu-2")
+
+POLICY = """
+apiVersion: fabric/v1
+kind: Policy
+regions:
+  eu-central: {jurisdiction: EU}
+  us-east: {jurisdiction: US}
+nodes:
+  - identity: "node/eu-*"
+    regions: [eu-central]
+  - identity: "node/us-*"
+    regions: [us-east]
+tenants:
+  alice:
+    identities: [tenant/alice]
+    placement:
+      allow: [any]
+    residency:
+      default: EU
+roles:
+  operators: [operator/admin]
+"""
+
+
+@contextlib.contextmanager
+def session_as(address: str, certs: Path, identity: str) -> Iterator[None]:
+    """This process connected to the agent at `address` as `identity`, the session of
+    another module set aside meanwhile (as `tests.test_multinode.driver_session` does)."""
+    gc.collect()
+    saved = (_state.client, _api._cluster)
+    _state.client, _api._cluster = None, None
+    try:
+        fabric.init(address=address, certs=certs, identity=identity)
+        yield
+    finally:
+        gc.collect()
+        fabric.shutdown()
+        _state.client, _api._cluster = saved
+
+
+@pytest.fixture
+def cluster(tmp_path: Path) -> Iterator[LocalCluster]:
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(POLICY)
+    nodes = [
+        NodeSpec("us-1", "us-east", {"CPU": 2, "work": 100}),
+        NodeSpec("eu-1", "eu-central", {"CPU": 2, "work": 100}),
+        NodeSpec("eu-2", "eu-central", {"CPU": 2, "work": 100}),
+    ]
+    with (
+        LocalCluster(nodes, policy=policy, tenants=("alice",)) as cluster,
+        session_as(cluster.agent_addresses["us-1"], cluster.certs_dir, "tenant/alice"),
+    ):
+        wait_for(lambda: len(fabric.nodes()) == 3, TIMEOUT, "us-1 to see all three nodes")
+        yield cluster
+
+
+# ----------------------------------------------------------------------------- remote code
+
+
+def _log(log: str, k: int) -> None:
+    with open(log, "a") as f:
+        f.write(f"{k} {fabric.get_runtime_context().get_node_id()}\n")
+
+
+@fabric.remote
+def zeros(elements: int, log: str) -> np.ndarray:
+    _log(log, 0)
+    return np.zeros(elements)
+
+
+@fabric.remote
+def step(array: np.ndarray, k: int, log: str) -> np.ndarray:
+    _log(log, k)
+    return array + 1
+
+
+@fabric.remote
+def held(array: np.ndarray, k: int, log: str, release: str) -> np.ndarray:
+    """A step that waits for the test's go (at most TIMEOUT) before it finishes."""
+    _log(log, k)
+    deadline = time.monotonic() + TIMEOUT
+    while not Path(release).exists() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return array + 1
+
+
+@fabric.remote
+def check(array: np.ndarray, expected: float, report: str) -> None:
+    with open(report, "w") as f:
+        f.write("ok" if array.shape == (ELEMENTS,) and np.all(array == expected) else "wrong")
+
+
+class _Maker:
+    def make(self, log: str) -> np.ndarray:
+        _log(log, 0)
+        return np.full(ELEMENTS, 7.0)
+
+
+Maker: fabric.ActorClass = fabric.remote(_Maker)
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def audit(cluster: LocalCluster) -> list[dict[str, Any]]:
+    out = subprocess.run(
+        [
+            "fabric", "audit", "query", "--address", cluster.head_address,
+            "--certs", str(cluster.certs_dir), "--identity", "operator/admin",
+            "--format", "jsonl",
+        ],
+        capture_output=True, text=True, check=True, timeout=TIMEOUT,
+    )  # fmt: skip
+    return [json.loads(line) for line in out.stdout.splitlines() if line.strip()]
+
+
+def runs(log: Path) -> list[tuple[int, str]]:
+    """(step, node) of every run so far, in the order they started."""
+    lines = log.read_text().splitlines() if log.exists() else []
+    return [(int(k), node) for k, node in (line.split() for line in lines)]
+
+
+def chain(log: Path, length: int = CHAIN) -> list[Any]:
+    arrays = [zeros.options(resources=WORK).remote(ELEMENTS, str(log))]
+    for k in range(1, length):
+        arrays.append(step.options(resources=WORK).remote(arrays[-1], k, str(log)))
+    return arrays
+
+
+def wait_finished(cluster: LocalCluster, refs: list[Any]) -> None:
+    """Wait until the tasks of `refs` finished, by the audit log (their results may not
+    come to the driver, so `fabric.wait` would say nothing)."""
+    tasks = {ref.task_id().hex() for ref in refs}
+
+    def done() -> bool:
+        return tasks <= {e["task"] for e in audit(cluster) if e["kind"] == "task.finish"}
+
+    wait_for(done, TIMEOUT, "the tasks to finish")
+
+
+def verified(ref: Any, expected: float, report: Path) -> str:
+    """What a check of `ref`, run where its data may be, found ("ok", "wrong"), or "no
+    report" when the check could not run. (Its own result, derived from EU data, may not
+    come to the driver either: waiting for it is enough.)"""
+    done = check.options(resources=WORK).remote(ref, expected, str(report))
+    ready, _ = fabric.wait([done], timeout=TIMEOUT)
+    assert ready, "the check did not finish"
+    return report.read_text() if report.exists() else "no report"
+
+
+# ----------------------------------------------------------------------------- tests
+
+
+def test_a_chain_lost_with_its_node_is_rebuilt_link_by_link_inside_its_region(
+    cluster: LocalCluster, tmp_path: Path
+) -> None:
+    log = tmp_path / "runs.log"
+    arrays = chain(log)
+    wait_finished(cluster, arrays)
+    first = dict(runs(log))
+    assert set(first.values()) <= set(EU)  # us-1 was free, but the data may not go there
+    victim = first[CHAIN - 1]  # the node holding the end of the chain
+    held_there = sorted(k for k, node in first.items() if node == victim)
+    cluster.kill_agent(victim)
+
+    assert verified(arrays[-1], CHAIN - 1, tmp_path / "report") == "ok"
+    # Each link that lived on the lost node was made again: run again, once, on the EU
+    # node left, or served from a copy the node left held (it had read that link). Links
+    # nobody waits for may finish after the check, so this is waited for as a whole.
+    survivor = ({*EU} - {victim}).pop()
+    tasks = {arrays[k].task_id().hex(): k for k in held_there}
+
+    def remade() -> bool:
+        reruns = runs(log)[CHAIN:]
+        entries = audit(cluster)
+        rebuilt = {e["task"] for e in entries if e["kind"] == "object.rebuild"}
+        served = {tasks[e["task"]] for e in entries if e["rules"] == ["lineage.copy"]}
+        rerun = [k for k, _ in reruns]
+        return (
+            rebuilt == set(tasks)
+            and sorted(rerun + sorted(served)) == held_there  # each link once, one way
+            and {node for _, node in reruns} <= {survivor}
+        )
+
+    wait_for(remade, TIMEOUT, "every lost link to be made again, once")
+    entries = audit(cluster)
+    rebuilds = [e for e in entries if e["kind"] == "object.rebuild"]
+    assert all(e["rules"] == ["lineage.rebuild"] and e["tenant"] == "alice" for e in rebuilds)
+    assert any(e["kind"] == "node.loss" and victim in e["reasons"][0] for e in entries)
+
+
+def test_work_running_on_a_lost_node_runs_again_elsewhere(
+    cluster: LocalCluster, tmp_path: Path
+) -> None:
+    log, release = tmp_path / "runs.log", tmp_path / "release"
+    base = zeros.options(resources=WORK).remote(ELEMENTS, str(log))
+    running = [
+        held.options(resources=WORK).remote(base, k, str(log), str(release)) for k in (1, 2, 3)
+    ]
+    wait_for(lambda: len(runs(log)) == 4, TIMEOUT, "the held steps to start")
+    first = dict(runs(log))
+    victim = first[1]
+    cluster.kill_agent(victim)
+    release.touch()
+    for k, ref in enumerate(running, start=1):
+        assert verified(ref, 1, tmp_path / f"report-{k}") == "ok"
+    retries = [e for e in audit(cluster) if e["kind"] == "task.retry"]
+    moved = {ref.task_id().hex() for k, ref in enumerate(running, 1) if first[k] == victim}
+    assert moved and moved <= {e["task"] for e in retries}
+    assert all(e["rules"] == ["node.lost"] for e in retries)
+    assert {node for _, node in runs(log)[4:]} <= set(EU) - {victim}
+
+
+def test_a_rebuild_that_would_leave_the_region_is_refused(
+    cluster: LocalCluster, tmp_path: Path
+) -> None:
+    arrays = chain(tmp_path / "runs.log", 2)
+    wait_finished(cluster, arrays)
+    for node in EU:
+        cluster.kill_agent(node)
+    # us-1 is alive, idle and has the resource, but alice's data may not live there: the
+    # rerun is refused, not moved, and the object fails with the refusal.
+    task = arrays[-1].task_id().hex()
+
+    def refused() -> list[dict[str, Any]]:
+        entries = audit(cluster)
+        rebuilt = [i for i, e in enumerate(entries) if e["kind"] == "object.rebuild"]
+        return [
+            e
+            for e in entries[min(rebuilt, default=len(entries)) :]
+            if e["task"] == task and e["kind"] == "place" and e["outcome"] == "refuse"
+        ]
+
+    found = wait_for(refused, TIMEOUT, "the rerun's refusal in the audit log")
+    assert isinstance(found, list)
+    assert found[0]["rules"] == ["place.no-matching-node"], found[0]
+    assert "eu-central" in found[0]["reasons"][0]
+    reasons = [r for e in audit(cluster) if e["task"] == task for r in e["reasons"]]
+    assert not any("fits on us-1" in r for r in reasons)
+    with pytest.raises(PlacementRefusedError, match=r"place\.no-matching-node"):
+        fabric.get(check.remote(arrays[-1], 1.0, "unused"), timeout=TIMEOUT)
+
+
+def test_an_actor_lost_with_its_node_is_dead_and_its_results_cannot_be_rebuilt(
+    cluster: LocalCluster, tmp_path: Path
+) -> None:
+    log = tmp_path / "runs.log"
+    maker = Maker.options(resources=WORK).remote()
+    made = maker.make.remote(str(log))
+    wait_finished(cluster, [made])  # its bytes stay on the actor's node
+    cluster.kill_agent(dict(runs(log))[0])
+
+    def lost() -> list[dict[str, Any]]:
+        return [
+            e
+            for e in audit(cluster)
+            if e["kind"] == "object.lost" and made.hex() in e["reasons"][0]
+        ]
+
+    found = wait_for(lost, TIMEOUT, "the loss in the audit log")
+    assert isinstance(found, list)
+    assert found[0]["rules"] == ["lineage.lost"] and found[0]["tenant"] == "alice"
+    # (The driver may not read it anyway; a task on the EU node left learns it is lost.)
+    with pytest.raises(ObjectLostError, match="not made by a task that can run again"):
+        fabric.get(check.options(resources=WORK).remote(made, 7.0, "unused"), timeout=TIMEOUT)
+    # The actor was on that node: it is dead, and says where it died.
+    with pytest.raises(ActorDiedError, match=r"the actor's node eu-\d was lost"):
+        fabric.get(maker.make.remote(str(log)), timeout=TIMEOUT)
