@@ -4,10 +4,11 @@ The node that submitted a task owns its results. When a result stays on the node
 the task (stored there, too large to come back inline), the owner keeps the task's spec as
 the result's *lineage*, and keeps the task's object arguments while any of its results is
 referenced, so the task can be run again. When that node is lost (the head's view drops
-it), every result the owner holds there is rebuilt by re-running the task that made it:
-placed again by the same rules, within the same residency, so a rebuild never moves data
-where it may not go; if no node it may run on remains, the objects fail with that refusal.
-Arguments lost too are rebuilt first, so a chain of tasks comes back link by link. A node
+it), a result the owner held there is rebuilt, as soon as something needs it, by running
+the task that made it again: placed by the same rules, within the same residency, so a
+rebuild never moves data where it may not go; if no node it may run on remains, the
+objects fail with that refusal. Its lost arguments are needed in turn, so a chain of tasks
+comes back link by link, and what nobody needs costs nothing. A node
 that holds copies of every result of a task sent to it to be run again answers with them.
 
 What cannot be rebuilt fails with an object-lost error that says why: an object made by
@@ -155,9 +156,25 @@ class Lineages(Bundles):
                     f"that made it ({lineage.spec.function_name}) has no retries left",
                 )
             else:
-                rebuild[id(lineage)] = (lineage, entry.location)
+                # Made again when something needs it: now if anything waits for it, else
+                # when something asks (`_ensure_fetch`), so what nobody needs costs nothing.
+                node = entry.location
+                self._stop_fetch(object_id, entry)
+                _pending_again(entry)
+                entry.lost_with = node
+                rebuild[id(lineage)] = (lineage, node)
         for lineage, node in rebuild.values():
-            self._rebuild(lineage, node)
+            if self._wanted(lineage):
+                self._rebuild(lineage, node)
+
+    def _wanted(self, lineage: Lineage) -> bool:
+        """Whether anything waits for a result of the task of `lineage` here."""
+        spec = lineage.spec
+        for index in range(spec.num_returns):
+            entry = self.objects.get((spec.tenant, return_id(spec.task_id, index)))
+            if entry is not None and (entry.waiters or entry.subscribers):
+                return True
+        return False
 
     def _rebuild(self, lineage: Lineage, lost_node: str) -> None:
         """Run the task of `lineage` again; its results are pending until it finishes."""
@@ -174,6 +191,7 @@ class Lineages(Bundles):
                 continue
             self._stop_fetch(object_id, entry)
             _pending_again(entry)
+            entry.lost_with = ""
             lost.append(object_id)
         if not lost:
             return

@@ -296,6 +296,9 @@ class ObjectTable(Guard):
 
     def _ensure_fetch(self, object_id: bytes, entry: ObjEntry) -> None:
         """Pull an object that lives (or will live) on another node into this one."""
+        if entry.lost_with and entry.lineage is not None:
+            self._rebuild(entry.lineage, entry.lost_with)  # lost, and needed now
+            return
         if entry.local or entry.fetching or not entry.location or entry.location == self.node_id:
             return
         if not self._may_hold(entry):

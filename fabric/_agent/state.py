@@ -46,6 +46,7 @@ class ObjEntry:
     residency: Regions = None  # regions its bytes may live in; None: anywhere
     classes: frozenset[str] = frozenset()  # the data classes it derives from
     lineage: Lineage | None = None  # how to make it again, while it lives on another node
+    lost_with: str = ""  # the node its bytes were lost with, until it is made again
 
     @property
     def local(self) -> bool:
