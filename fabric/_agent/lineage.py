@@ -8,8 +8,8 @@ it), a result the owner held there is rebuilt, as soon as something needs it, by
 the task that made it again: placed by the same rules, within the same residency, so a
 rebuild never moves data where it may not go; if no node it may run on remains, the
 objects fail with that refusal. Its lost arguments are needed in turn, so a chain of tasks
-comes back link by link, and what nobody needs costs nothing. A node
-that holds copies of every result of a task sent to it to be run again answers with them.
+comes back link by link, and what nobody needs costs nothing. A node that holds copies
+of every result of a task sent to it to be run again answers with them.
 
 What cannot be rebuilt fails with an object-lost error that says why: an object made by
 ``put`` (its bytes existed only there), a result of an actor method (re-running it would
