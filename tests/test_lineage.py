@@ -138,6 +138,19 @@ class _Maker:
 Maker: fabric.ActorClass = fabric.remote(_Maker)
 
 
+class _Counter:
+    def __init__(self) -> None:
+        self.n = 0
+
+    def incr(self, log: str) -> int:
+        self.n += 1
+        _log(log, self.n)
+        return self.n
+
+
+Counter: fabric.ActorClass = fabric.remote(_Counter)
+
+
 # ----------------------------------------------------------------------------- helpers
 
 
@@ -298,3 +311,29 @@ def test_an_actor_lost_with_its_node_is_dead_and_its_results_cannot_be_rebuilt(
     # The actor was on that node: it is dead, and says where it died.
     with pytest.raises(ActorDiedError, match=r"the actor's node eu-\d was lost"):
         fabric.get(maker.make.remote(str(log)), timeout=TIMEOUT)
+
+
+def test_an_actor_lost_with_its_node_starts_again_elsewhere_per_max_restarts(
+    cluster: LocalCluster, tmp_path: Path
+) -> None:
+    log = tmp_path / "runs.log"
+    counter = Counter.options(resources=WORK, max_restarts=1, max_task_retries=1).remote()
+    fabric.wait([counter.incr.remote(str(log)) for _ in range(3)], num_returns=3, timeout=TIMEOUT)
+    (victim,) = {node for _, node in runs(log)}
+    cluster.kill_agent(victim)
+    # The next call reaches the actor started again on the EU node left, from its
+    # constructor (its state lived on the lost node): it counts from 1 again.
+    fabric.wait([counter.incr.remote(str(log))], timeout=TIMEOUT)
+    survivor = ({*EU} - {victim}).pop()
+    assert runs(log)[3:] == [(1, survivor)]
+
+    def restarted() -> list[dict[str, Any]]:
+        return [e for e in audit(cluster) if e["kind"] == "actor.restart"]
+
+    found = wait_for(restarted, TIMEOUT, "the restart in the audit log")
+    assert isinstance(found, list) and victim in found[0]["reasons"][0]
+    assert found[0]["rules"] == ["actor.max-restarts"]
+    # Its one restart is used: losing the node again ends it.
+    cluster.kill_agent(survivor)
+    with pytest.raises(ActorDiedError, match=f"the actor's node {survivor} was lost"):
+        fabric.get(counter.incr.remote(str(log)), timeout=TIMEOUT)

@@ -357,6 +357,8 @@ class Actors(Dispatch):
             if key in self.actors
             else (self.actor_locations.get(key) or kill.actor_node or self.node_id)
         )
+        if kill.no_restart:
+            self.remote_actors.pop(key, None)  # not to be started again if its node is lost
         if node != self.node_id:
             self.peers.send(node, pb.PeerMessage(kill=kill))
             return

@@ -18,7 +18,7 @@ import json
 import logging
 import time
 from collections.abc import Callable
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from fabric import _metrics
 from fabric._agent.recorder import Recorder
@@ -40,6 +40,9 @@ from fabric._serialization import (
 from fabric.policy import Decision
 from fabric.policy._admission import Usage, quota_allows
 from fabric.policy._model import OPEN_POLICY, Policy
+
+if TYPE_CHECKING:
+    from fabric._agent.lineage import RemoteActor
 
 log = logging.getLogger("fabric._agent.node")
 
@@ -160,6 +163,9 @@ class AgentBase:
         # Actors whose creation was refused: their calls fail with the refusal (the newest
         # REFUSED_ACTORS_KEPT are kept).
         self.refused_actors: collections.OrderedDict[Key, pb.ErrorInfo] = collections.OrderedDict()
+        # Actors created through this node that live on another: their creations, to start
+        # them again elsewhere if that node is lost (see lineage.py).
+        self.remote_actors: dict[Key, RemoteActor] = {}
         self.sent: dict[str, list[tuple[float, Shape]]] = {}  # recent forwards per peer
         self.nodes: dict[str, pb.NodeInfo] = {}
         self.view_version = 0

@@ -33,6 +33,7 @@ RULE_REBUILD = "lineage.rebuild"
 RULE_LOST = "lineage.lost"
 RULE_RETRY = "node.lost"
 RULE_COPY = "lineage.copy"
+RULE_RESTART = "actor.max-restarts"
 
 
 @dataclass(eq=False)
@@ -46,7 +47,80 @@ class Lineage:
     audit_id: str = ""  # the entry the task's last run here follows from
 
 
+@dataclass(eq=False)
+class RemoteActor:
+    """An actor created through this node, living on another."""
+
+    spec: pb.TaskSpec  # its creation, as submitted here
+    node: str
+    restarts_left: int  # -1: as often as it takes
+
+
 class Lineages(Bundles):
+    def _keep_actor(self, task: TaskEntry, from_node: str) -> None:
+        """`task` ran on `from_node`: if it created an actor there, remember how, to start
+        it again; if a call found the actor dead, forget it."""
+        spec = task.spec
+        key = (spec.tenant, spec.actor_id)
+        entries = [self.objects.get((spec.tenant, object_id)) for object_id in task.return_ids]
+        failed = any(e is not None and e.error is not None for e in entries)
+        if spec.kind == pb.ACTOR_TASK and failed:
+            if any(
+                e is not None and e.error is not None and e.error.kind == E.ACTOR_DIED
+                for e in entries
+            ):
+                self.remote_actors.pop(key, None)
+            return
+        if spec.kind != pb.ACTOR_CREATION or task.origin_node or failed:
+            return  # not an actor created here, or it never started
+        restarts = spec.actor_options.max_restarts
+        self.remote_actors[key] = RemoteActor(spec, from_node, restarts if restarts >= 0 else -1)
+        self.actor_locations[key] = from_node  # calls go straight there, not through a relay
+
+    def _actors_lost(self, gone: set[str]) -> None:
+        """Start again elsewhere, per `max_restarts`, the actors created here that lived on
+        a node in `gone`; the others are dead, and say where they died."""
+        for key, actor in list(self.remote_actors.items()):
+            if actor.node not in gone:
+                continue
+            del self.remote_actors[key]
+            spec = actor.spec
+            if actor.restarts_left == 0:
+                self.refused_actors[key] = error_info(
+                    E.ACTOR_DIED, f"the actor's node {actor.node} was lost"
+                )
+                continue
+            left = actor.restarts_left - 1 if actor.restarts_left > 0 else -1
+            reason = (
+                f"its node {actor.node} was lost: starting it again elsewhere, from its "
+                f"constructor ({'unlimited' if left < 0 else left} restart(s) left)"
+            )
+            log.info("actor %s: %s", spec.actor_id.hex(), reason)
+            again = pb.TaskSpec()
+            again.CopyFrom(spec)
+            again.actor_options.max_restarts = left
+            if self.recorder is not None:
+                again.audit_parent = self.recorder.event(
+                    kind="actor.restart",
+                    tenant=spec.tenant,
+                    outcome="restart",
+                    rules=(RULE_RESTART,),
+                    reasons=(reason,),
+                    actor=spec.actor_id.hex(),
+                    job=spec.job_id.hex(),
+                    policy=spec.policy_version,
+                )
+            self.actor_locations.pop(key, None)
+            self.actor_pending[key] = []  # calls wait for its new place
+            task = TaskEntry(again)
+            self.tasks[(spec.tenant, spec.task_id)] = task
+            bad_arg = self._pin_args(task)
+            if bad_arg is not None:
+                self._fail(task, bad_arg)
+                self._actor_placed(spec.tenant, spec.actor_id, "")
+                continue
+            self._route(task)
+
     def _keep_lineage(self, task: TaskEntry) -> None:
         """`task` finished elsewhere, leaving results there: keep what rebuilds them
         (the task's argument pins move from the task to its lineage)."""
@@ -242,31 +316,47 @@ class Lineages(Bundles):
         self._object_ready(object_id, entry)
 
     def _retry_elsewhere(self, task: TaskEntry, lost_node: str) -> None:
-        """`task` was running on `lost_node`: place it again, or fail it."""
+        """`task` was running on `lost_node`: send it again (a task placed anew, a call to
+        its actor started again elsewhere) while its retries allow, or fail it."""
         task.state = TaskState.PLACING
         spec = task.spec
-        if spec.kind == pb.NORMAL_TASK and task.retries_left != 0:
-            task.retries_left -= 1
-            if self.recorder is not None:
-                task.audit_id = self.recorder.event(
-                    kind="task.retry",
-                    tenant=spec.tenant,
-                    outcome="retry",
-                    rules=(RULE_RETRY,),
-                    reasons=(
-                        f"node {lost_node} was lost while running it: placing it again "
-                        f"({max(task.retries_left, 0)} retries left)",
-                    ),
-                    task=spec.task_id.hex(),
-                    job=spec.job_id.hex(),
-                    policy=spec.policy_version,
-                    parent=task.audit_id,
-                )
-            self.placing.append(task)
+        key = (spec.tenant, spec.actor_id)
+        if task.retries_left == 0:
+            again = False
         elif spec.kind == pb.NORMAL_TASK:
-            self._fail(task, error_info(E.WORKER_CRASHED, f"node {lost_node} was lost"))
-        else:  # a call to (or the creation of) an actor that lived there
-            self._fail(task, error_info(E.ACTOR_DIED, f"the actor's node {lost_node} was lost"))
+            again = True
+        else:  # a call goes again only if its actor is starting again
+            again = spec.kind == pb.ACTOR_TASK and (
+                key in self.actor_pending or self.actor_locations.get(key) in self.nodes
+            )
+        if not again:
+            if spec.kind == pb.NORMAL_TASK:
+                error = error_info(E.WORKER_CRASHED, f"node {lost_node} was lost")
+            else:  # a call to (or the creation of) an actor that lived there
+                error = error_info(E.ACTOR_DIED, f"the actor's node {lost_node} was lost")
+            self._fail(task, error)
+            return
+        task.retries_left -= 1
+        if self.recorder is not None:
+            task.audit_id = self.recorder.event(
+                kind="task.retry",
+                tenant=spec.tenant,
+                outcome="retry",
+                rules=(RULE_RETRY,),
+                reasons=(
+                    f"node {lost_node} was lost while running it: sending it again "
+                    f"({max(task.retries_left, 0)} retries left)",
+                ),
+                task=spec.task_id.hex(),
+                actor=spec.actor_id.hex(),
+                job=spec.job_id.hex(),
+                policy=spec.policy_version,
+                parent=task.audit_id,
+            )
+        if spec.kind == pb.NORMAL_TASK:
+            self.placing.append(task)
+        else:
+            self._route_actor_call(task)
 
 
 def _pending_again(entry: ObjEntry) -> None:

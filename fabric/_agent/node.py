@@ -515,6 +515,7 @@ class NodeAgent(Lineages):
             entry.state = ObjState.READY
             locations.append(location)
         self._keep_lineage(task)
+        self._keep_actor(task, finished.ran_on or from_node)
         if task.spec.kind == pb.ACTOR_CREATION:
             failed = any(loc.HasField("error") for loc in finished.returns)
             if failed:
@@ -531,7 +532,12 @@ class NodeAgent(Lineages):
             for location in locations:
                 if location.WhichOneof("value") == "stored_size" and not location.moved_to:
                     location.moved_to = from_node  # where it is: the owner asks there
-            relayed = pb.TaskFinished(task_id=task.task_id, returns=locations, tenant=tenant)
+            relayed = pb.TaskFinished(
+                task_id=task.task_id,
+                returns=locations,
+                tenant=tenant,
+                ran_on=finished.ran_on or from_node,
+            )
             self.peers.send(task.origin_node, pb.PeerMessage(finished=relayed))
         for location in locations:
             entry = self.objects.get((tenant, location.object_id))
@@ -558,6 +564,8 @@ class NodeAgent(Lineages):
         self._spill_queued()
         # Tasks forwarded to a node that is gone fail over (or fail) now, and what we held
         # only there is rebuilt from its lineage (or fails).
+        if gone:
+            self._actors_lost(gone)
         for task in list(self.tasks.values()) if gone else ():
             if task.state is TaskState.REMOTE and task.remote_node not in self.nodes:
                 self._retry_elsewhere(task, task.remote_node)

@@ -178,7 +178,12 @@ class Results(ObjectTable):
             self.peers.send(
                 task.origin_node,
                 pb.PeerMessage(
-                    finished=pb.TaskFinished(task_id=task.task_id, returns=locations, tenant=tenant)
+                    finished=pb.TaskFinished(
+                        task_id=task.task_id,
+                        returns=locations,
+                        tenant=tenant,
+                        ran_on=self.node_id,
+                    )
                 ),
             )
         for location in locations:

@@ -680,14 +680,16 @@ class ObjectLocation(_message.Message):
     def __init__(self, object_id: _Optional[bytes] = ..., tenant: _Optional[str] = ..., inline_blob: _Optional[bytes] = ..., stored_size: _Optional[int] = ..., error: _Optional[_Union[ErrorInfo, _Mapping]] = ..., contained_ids: _Optional[_Iterable[bytes]] = ..., residency: _Optional[str] = ..., data_classes: _Optional[_Iterable[str]] = ..., moved_to: _Optional[str] = ...) -> None: ...
 
 class TaskFinished(_message.Message):
-    __slots__ = ("task_id", "returns", "tenant")
+    __slots__ = ("task_id", "returns", "tenant", "ran_on")
     TASK_ID_FIELD_NUMBER: _ClassVar[int]
     RETURNS_FIELD_NUMBER: _ClassVar[int]
     TENANT_FIELD_NUMBER: _ClassVar[int]
+    RAN_ON_FIELD_NUMBER: _ClassVar[int]
     task_id: bytes
     returns: _containers.RepeatedCompositeFieldContainer[ObjectLocation]
     tenant: str
-    def __init__(self, task_id: _Optional[bytes] = ..., returns: _Optional[_Iterable[_Union[ObjectLocation, _Mapping]]] = ..., tenant: _Optional[str] = ...) -> None: ...
+    ran_on: str
+    def __init__(self, task_id: _Optional[bytes] = ..., returns: _Optional[_Iterable[_Union[ObjectLocation, _Mapping]]] = ..., tenant: _Optional[str] = ..., ran_on: _Optional[str] = ...) -> None: ...
 
 class ActorCreated(_message.Message):
     __slots__ = ("actor_id", "error")
