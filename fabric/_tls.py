@@ -70,6 +70,8 @@ MAX_MESSAGE_BYTES = 512 * 1024 * 1024
 # GOAWAY(too_many_pings), and these options must be safe against any Fabric server.
 _KEEPALIVE_TIME_MS = 30_000
 _KEEPALIVE_TIMEOUT_MS = 10_000
+_RECONNECT_MIN_MS = 200
+_RECONNECT_MAX_MS = 1_000
 
 CHANNEL_OPTIONS: list[tuple[str, Any]] = [
     # Node certificates all carry this DNS SAN, so peers are verified by certificate,
@@ -81,6 +83,12 @@ CHANNEL_OPTIONS: list[tuple[str, Any]] = [
     ("grpc.keepalive_timeout_ms", _KEEPALIVE_TIMEOUT_MS),
     # No pings on a connection without calls: idle channels cost nothing.
     ("grpc.keepalive_permit_without_calls", 0),
+    # A lost connection is tried again within a second, however long it has been down
+    # (gRPC's default backoff grows to two minutes): a head or a peer that is back is
+    # reached before the head's node-loss deadline declares the caller lost.
+    ("grpc.initial_reconnect_backoff_ms", _RECONNECT_MIN_MS),
+    ("grpc.min_reconnect_backoff_ms", _RECONNECT_MIN_MS),
+    ("grpc.max_reconnect_backoff_ms", _RECONNECT_MAX_MS),
 ]
 
 # Options for servers that Fabric clients talk to. The message limits matter most: a
