@@ -316,7 +316,11 @@ def lost_chain(length: int, residency: bool, cold: bool) -> dict[str, float]:
         )
         rebuilds = {e.task: e for e in audit(cluster, "object.rebuild", mark) if e.task in tasks}
         # Links rebuilt in the background may finish after the check.
-        again = wait_for(lambda: finished(cluster, set(rebuilds), mark), "the rebuilds to finish")
+        again = (
+            wait_for(lambda: finished(cluster, set(rebuilds), mark), "the rebuilds to finish")
+            if rebuilds
+            else []
+        )
         if rebuilds and {e.node for e in again} != {"eu-2"}:
             raise RuntimeError(f"links ran again on {sorted({e.node for e in again})}")
         figures = {
