@@ -151,6 +151,7 @@ class ClusterDirectory:
             and (node.running_tasks, node.queued_tasks, node.workers)
             == (report.running_tasks, report.queued_tasks, report.workers)
             and dict(node.tenant_load) == dict(report.tenant_load)
+            and dict(node.accepted) == dict(report.accepted)
         ):
             return  # a heartbeat: nothing to broadcast
         node.available.clear()
@@ -163,6 +164,8 @@ class ClusterDirectory:
         node.tenant_load.clear()
         for tenant, load in report.tenant_load.items():
             node.tenant_load[tenant].CopyFrom(load)
+        node.accepted.clear()
+        node.accepted.update(report.accepted)
         self.version += 1
 
     def leave(self, node_id: str, stream: int | None = None) -> bool:

@@ -166,7 +166,11 @@ class AgentBase:
         # Actors created through this node that live on another: their creations, to start
         # them again elsewhere if that node is lost (see lineage.py).
         self.remote_actors: dict[Key, RemoteActor] = {}
-        self.sent: dict[str, list[tuple[float, Shape]]] = {}  # recent forwards per peer
+        # What we sent each peer lately, counted against its reported free resources:
+        # (our forward's number, or 0 for a reservation; until when; what it holds).
+        self.sent: dict[str, list[tuple[int, float, Shape]]] = {}
+        self.forwarded: dict[str, int] = {}  # tasks sent to each peer so far
+        self.accepted: dict[str, int] = {}  # tasks each peer has sent us so far
         self.nodes: dict[str, pb.NodeInfo] = {}
         self.view_version = 0
         self.max_workers_per_tenant = max(4, int(resources.get("CPU", 1)) * 4)

@@ -91,21 +91,26 @@ class Dispatch(Results):
         return views
 
     def _remote_free(self, info: pb.NodeInfo) -> dict[str, float]:
-        """A peer's free resources as its last report said, less what we sent it since:
-        reports lag, and one burst must not all land on the node that looked free."""
+        """A peer's free resources as its last report said, less what we sent it that the
+        report does not count yet: reports lag, and one burst must not all land on the node
+        that looked free. A task counts until the peer reports having taken it (or, for a
+        reservation, for `SENT_MEMORY` seconds)."""
         free = dict(info.available)
         sent = self.sent.get(info.node_id)
         if sent:
             now = time.monotonic()
-            while sent and sent[0][0] < now:
-                sent.pop(0)
-            for _, resources in sent:
+            taken = info.accepted.get(self.node_id, 0)
+            sent[:] = [s for s in sent if s[1] >= now and not 0 < s[0] <= taken]
+            for _, _, resources in sent:
                 for name, amount in resources:
                     free[name] = free.get(name, 0.0) - amount
         return free
 
-    def _note_sent(self, node_id: str, resources: Shape) -> None:
-        self.sent.setdefault(node_id, []).append((time.monotonic() + SENT_MEMORY, resources))
+    def _note_sent(self, node_id: str, resources: Shape, number: int = 0) -> None:
+        """`resources` sent to `node_id`: the task we forwarded there as our `number`th,
+        or (0) a reservation."""
+        expires = time.monotonic() + SENT_MEMORY
+        self.sent.setdefault(node_id, []).append((number, expires, resources))
 
     def _route(self, task: TaskEntry) -> None:
         spec = task.spec
@@ -216,12 +221,14 @@ class Dispatch(Results):
                 return
         task.state = TaskState.REMOTE
         task.remote_node = node_id
+        # Every task forwarded is numbered; the peer reports how many it has taken.
+        number = self.forwarded[node_id] = self.forwarded.get(node_id, 0) + 1
         forward = pb.TaskSpec()
         forward.CopyFrom(spec)
         forward.hops += 1
         forward.audit_parent = task.audit_id  # the chain goes on where the task goes
         if spec.kind != pb.ACTOR_TASK:
-            self._note_sent(node_id, shape_of(spec.resources))
+            self._note_sent(node_id, shape_of(spec.resources), number)
             forward.function_blob = self.functions.get((spec.tenant, spec.function_digest), b"")
         for arg in forward.args:
             if arg.WhichOneof("value") == "object_id":

@@ -441,6 +441,7 @@ class NodeAgent(Lineages):
             self._bundle_peer_message(from_node, message)
 
     def _accept_forward(self, from_node: str, spec: pb.TaskSpec) -> None:
+        self.accepted[from_node] = self.accepted.get(from_node, 0) + 1  # see _remote_free
         if spec.function_blob:
             self.functions[(spec.tenant, spec.function_digest)] = spec.function_blob
             spec.ClearField("function_blob")
@@ -606,6 +607,7 @@ class NodeAgent(Lineages):
             queued_tasks=len(self.queues) + len(self.placing),
             workers=self.worker_count(),
             tenant_load=self.tenant_load(),
+            accepted=self.accepted,
         )
 
     def cluster_info(self, tenant: str | None = None) -> pb.ClusterInfo:

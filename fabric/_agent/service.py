@@ -288,6 +288,7 @@ class HeadLink:
                 # to a bundle's resources by them.
                 total=info.total,
                 tenant_load=info.tenant_load,
+                accepted=info.accepted,
             )
             data = report.SerializeToString(deterministic=True)
             now = asyncio.get_running_loop().time()

@@ -452,7 +452,7 @@ class ActorInfo(_message.Message):
     def __init__(self, actor_id: _Optional[bytes] = ..., name: _Optional[str] = ..., namespace: _Optional[str] = ..., node_id: _Optional[str] = ..., state: _Optional[str] = ..., class_name: _Optional[str] = ..., handle_meta: _Optional[str] = ..., tenant: _Optional[str] = ...) -> None: ...
 
 class NodeInfo(_message.Message):
-    __slots__ = ("node_id", "address", "region", "total", "available", "alive", "labels", "running_tasks", "queued_tasks", "workers", "identity", "tenant_load")
+    __slots__ = ("node_id", "address", "region", "total", "available", "alive", "labels", "running_tasks", "queued_tasks", "workers", "identity", "tenant_load", "accepted")
     class TotalEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -481,6 +481,13 @@ class NodeInfo(_message.Message):
         key: str
         value: TenantLoad
         def __init__(self, key: _Optional[str] = ..., value: _Optional[_Union[TenantLoad, _Mapping]] = ...) -> None: ...
+    class AcceptedEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: int
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[int] = ...) -> None: ...
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     ADDRESS_FIELD_NUMBER: _ClassVar[int]
     REGION_FIELD_NUMBER: _ClassVar[int]
@@ -493,6 +500,7 @@ class NodeInfo(_message.Message):
     WORKERS_FIELD_NUMBER: _ClassVar[int]
     IDENTITY_FIELD_NUMBER: _ClassVar[int]
     TENANT_LOAD_FIELD_NUMBER: _ClassVar[int]
+    ACCEPTED_FIELD_NUMBER: _ClassVar[int]
     node_id: str
     address: str
     region: str
@@ -505,7 +513,8 @@ class NodeInfo(_message.Message):
     workers: int
     identity: str
     tenant_load: _containers.MessageMap[str, TenantLoad]
-    def __init__(self, node_id: _Optional[str] = ..., address: _Optional[str] = ..., region: _Optional[str] = ..., total: _Optional[_Mapping[str, float]] = ..., available: _Optional[_Mapping[str, float]] = ..., alive: _Optional[bool] = ..., labels: _Optional[_Mapping[str, str]] = ..., running_tasks: _Optional[int] = ..., queued_tasks: _Optional[int] = ..., workers: _Optional[int] = ..., identity: _Optional[str] = ..., tenant_load: _Optional[_Mapping[str, TenantLoad]] = ...) -> None: ...
+    accepted: _containers.ScalarMap[str, int]
+    def __init__(self, node_id: _Optional[str] = ..., address: _Optional[str] = ..., region: _Optional[str] = ..., total: _Optional[_Mapping[str, float]] = ..., available: _Optional[_Mapping[str, float]] = ..., alive: _Optional[bool] = ..., labels: _Optional[_Mapping[str, str]] = ..., running_tasks: _Optional[int] = ..., queued_tasks: _Optional[int] = ..., workers: _Optional[int] = ..., identity: _Optional[str] = ..., tenant_load: _Optional[_Mapping[str, TenantLoad]] = ..., accepted: _Optional[_Mapping[str, int]] = ...) -> None: ...
 
 class TenantLoad(_message.Message):
     __slots__ = ("running_tasks", "queued_tasks", "workers", "actors")
@@ -829,7 +838,7 @@ class RegisterNode(_message.Message):
     def __init__(self, address: _Optional[str] = ..., region: _Optional[str] = ..., resources: _Optional[_Mapping[str, float]] = ..., labels: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class NodeReport(_message.Message):
-    __slots__ = ("available", "running_tasks", "queued_tasks", "workers", "register", "tenant_load", "total")
+    __slots__ = ("available", "running_tasks", "queued_tasks", "workers", "register", "tenant_load", "total", "accepted")
     class AvailableEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -851,6 +860,13 @@ class NodeReport(_message.Message):
         key: str
         value: float
         def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
+    class AcceptedEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: int
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[int] = ...) -> None: ...
     AVAILABLE_FIELD_NUMBER: _ClassVar[int]
     RUNNING_TASKS_FIELD_NUMBER: _ClassVar[int]
     QUEUED_TASKS_FIELD_NUMBER: _ClassVar[int]
@@ -858,6 +874,7 @@ class NodeReport(_message.Message):
     REGISTER_FIELD_NUMBER: _ClassVar[int]
     TENANT_LOAD_FIELD_NUMBER: _ClassVar[int]
     TOTAL_FIELD_NUMBER: _ClassVar[int]
+    ACCEPTED_FIELD_NUMBER: _ClassVar[int]
     available: _containers.ScalarMap[str, float]
     running_tasks: int
     queued_tasks: int
@@ -865,7 +882,8 @@ class NodeReport(_message.Message):
     register: RegisterNode
     tenant_load: _containers.MessageMap[str, TenantLoad]
     total: _containers.ScalarMap[str, float]
-    def __init__(self, available: _Optional[_Mapping[str, float]] = ..., running_tasks: _Optional[int] = ..., queued_tasks: _Optional[int] = ..., workers: _Optional[int] = ..., register: _Optional[_Union[RegisterNode, _Mapping]] = ..., tenant_load: _Optional[_Mapping[str, TenantLoad]] = ..., total: _Optional[_Mapping[str, float]] = ...) -> None: ...
+    accepted: _containers.ScalarMap[str, int]
+    def __init__(self, available: _Optional[_Mapping[str, float]] = ..., running_tasks: _Optional[int] = ..., queued_tasks: _Optional[int] = ..., workers: _Optional[int] = ..., register: _Optional[_Union[RegisterNode, _Mapping]] = ..., tenant_load: _Optional[_Mapping[str, TenantLoad]] = ..., total: _Optional[_Mapping[str, float]] = ..., accepted: _Optional[_Mapping[str, int]] = ...) -> None: ...
 
 class ActorRecord(_message.Message):
     __slots__ = ("info",)
