@@ -29,7 +29,7 @@ if TYPE_CHECKING:
     from fabric._agent.lineage import Lineage
 
 
-FETCH_RETRY = 0.5  # seconds between fetches of an object of ours from an unreachable node
+FETCH_RETRY = 0.1  # seconds before a failed fetch is tried again (its owner may rebuild it)
 MAX_REDIRECTS = 2  # an owner names the holder, which has it: one hop is enough
 
 
