@@ -151,6 +151,22 @@ class _Counter:
 Counter: fabric.ActorClass = fabric.remote(_Counter)
 
 
+class _SlowStart:
+    """An actor whose constructor waits for the test's go (at most TIMEOUT)."""
+
+    def __init__(self, log: str, release: str) -> None:
+        _log(log, 0)
+        deadline = time.monotonic() + TIMEOUT
+        while not Path(release).exists() and time.monotonic() < deadline:
+            time.sleep(0.01)
+
+    def where(self, log: str) -> None:
+        _log(log, 1)
+
+
+SlowStart: fabric.ActorClass = fabric.remote(_SlowStart)
+
+
 # ----------------------------------------------------------------------------- helpers
 
 
@@ -337,3 +353,19 @@ def test_an_actor_lost_with_its_node_starts_again_elsewhere_per_max_restarts(
     cluster.kill_agent(survivor)
     with pytest.raises(ActorDiedError, match=f"the actor's node {survivor} was lost"):
         fabric.get(counter.incr.remote(str(log)), timeout=TIMEOUT)
+
+
+def test_an_actor_being_created_on_a_lost_node_is_created_elsewhere(
+    cluster: LocalCluster, tmp_path: Path
+) -> None:
+    log, release = tmp_path / "runs.log", tmp_path / "release"
+    actor = SlowStart.options(resources=WORK, max_restarts=1, max_task_retries=1).remote(
+        str(log), str(release)
+    )
+    wait_for(lambda: runs(log), TIMEOUT, "the constructor to start")
+    victim = runs(log)[0][1]
+    cluster.kill_agent(victim)
+    release.touch()
+    fabric.wait([actor.where.remote(str(log))], timeout=TIMEOUT)
+    survivor = ({*EU} - {victim}).pop()
+    assert runs(log)[1:] == [(0, survivor), (1, survivor)]  # constructed again, then called

@@ -84,42 +84,50 @@ class Lineages(Bundles):
             if actor.node not in gone:
                 continue
             del self.remote_actors[key]
-            spec = actor.spec
             if actor.restarts_left == 0:
                 self.refused_actors[key] = error_info(
                     E.ACTOR_DIED, f"the actor's node {actor.node} was lost"
                 )
                 continue
-            left = actor.restarts_left - 1 if actor.restarts_left > 0 else -1
-            reason = (
-                f"its node {actor.node} was lost: starting it again elsewhere, from its "
-                f"constructor ({'unlimited' if left < 0 else left} restart(s) left)"
-            )
-            log.info("actor %s: %s", spec.actor_id.hex(), reason)
             again = pb.TaskSpec()
-            again.CopyFrom(spec)
-            again.actor_options.max_restarts = left
-            if self.recorder is not None:
-                again.audit_parent = self.recorder.event(
-                    kind="actor.restart",
-                    tenant=spec.tenant,
-                    outcome="restart",
-                    rules=(RULE_RESTART,),
-                    reasons=(reason,),
-                    actor=spec.actor_id.hex(),
-                    job=spec.job_id.hex(),
-                    policy=spec.policy_version,
-                )
-            self.actor_locations.pop(key, None)
-            self.actor_pending[key] = []  # calls wait for its new place
+            again.CopyFrom(actor.spec)
             task = TaskEntry(again)
-            self.tasks[(spec.tenant, spec.task_id)] = task
+            self.tasks[(again.tenant, again.task_id)] = task
             bad_arg = self._pin_args(task)
             if bad_arg is not None:
                 self._fail(task, bad_arg)
-                self._actor_placed(spec.tenant, spec.actor_id, "")
+                self._actor_placed(again.tenant, again.actor_id, "")
                 continue
-            self._route(task)
+            self._start_again(task, actor.node, actor.restarts_left)
+
+    def _start_again(self, task: TaskEntry, lost_node: str, restarts_left: int) -> None:
+        """Place the creation `task` again: its actor was (or was being) started on
+        `lost_node`, and has `restarts_left` (-1: unlimited); calls wait for its new place."""
+        spec = task.spec
+        left = restarts_left - 1 if restarts_left > 0 else -1
+        spec.actor_options.max_restarts = left
+        reason = (
+            f"its node {lost_node} was lost: starting it again elsewhere, from its "
+            f"constructor ({'unlimited' if left < 0 else left} restart(s) left)"
+        )
+        log.info("actor %s: %s", spec.actor_id.hex(), reason)
+        if self.recorder is not None:
+            task.audit_id = spec.audit_parent = self.recorder.event(
+                kind="actor.restart",
+                tenant=spec.tenant,
+                outcome="restart",
+                rules=(RULE_RESTART,),
+                reasons=(reason,),
+                actor=spec.actor_id.hex(),
+                job=spec.job_id.hex(),
+                policy=spec.policy_version,
+                parent=task.audit_id,
+            )
+        key = (spec.tenant, spec.actor_id)
+        self.actor_locations.pop(key, None)
+        self.actor_pending.setdefault(key, [])  # calls wait for its new place
+        task.state = TaskState.PLACING
+        self._route(task)
 
     def _keep_lineage(self, task: TaskEntry) -> None:
         """`task` finished elsewhere, leaving results there: keep what rebuilds them
@@ -321,6 +329,10 @@ class Lineages(Bundles):
         task.state = TaskState.PLACING
         spec = task.spec
         key = (spec.tenant, spec.actor_id)
+        restarts = spec.actor_options.max_restarts
+        if spec.kind == pb.ACTOR_CREATION and restarts != 0 and not task.origin_node:
+            self._start_again(task, lost_node, restarts)  # it was being created there
+            return
         if task.retries_left == 0:
             again = False
         elif spec.kind == pb.NORMAL_TASK:
