@@ -369,3 +369,59 @@ def test_an_actor_being_created_on_a_lost_node_is_created_elsewhere(
     fabric.wait([actor.where.remote(str(log))], timeout=TIMEOUT)
     survivor = ({*EU} - {victim}).pop()
     assert runs(log)[1:] == [(0, survivor), (1, survivor)]  # constructed again, then called
+
+
+@pytest.fixture
+def eu_owner(tmp_path: Path) -> Iterator[LocalCluster]:
+    """The same policy, the driver's agent in the EU: it may keep alice's actor state."""
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(POLICY)
+    nodes = [
+        NodeSpec("eu-0", "eu-central", {"CPU": 2}),
+        NodeSpec("eu-1", "eu-central", {"CPU": 2, "work": 100}),
+        NodeSpec("eu-2", "eu-central", {"CPU": 2, "work": 100}),
+    ]
+    with (
+        LocalCluster(nodes, policy=policy, tenants=("alice",)) as cluster,
+        session_as(cluster.agent_addresses["eu-0"], cluster.certs_dir, "tenant/alice"),
+    ):
+        wait_for(lambda: len(fabric.nodes()) == 3, TIMEOUT, "eu-0 to see all three nodes")
+        yield cluster
+
+
+@fabric.remote(max_restarts=1, max_task_retries=1)
+class Tally:
+    """A counter that keeps checkpoints."""
+
+    def __init__(self) -> None:
+        self.n = 0
+
+    def incr(self) -> tuple[int, str]:
+        self.n += 1
+        return self.n, fabric.get_runtime_context().get_node_id()
+
+    def checkpoint(self) -> int:
+        return self.n
+
+    def restore(self, n: int) -> None:
+        self.n = n
+
+
+def test_an_actor_lost_with_its_node_starts_elsewhere_from_its_last_checkpoint(
+    eu_owner: LocalCluster,
+) -> None:
+    tally = Tally.options(resources=WORK).remote()
+    counts = fabric.get([tally.incr.remote() for _ in range(3)], timeout=TIMEOUT)
+    assert [n for n, _ in counts] == [1, 2, 3]
+    victim = counts[0][1]
+    eu_owner.kill_agent(victim)
+    # The node that created it kept the checkpoint that came with each call's result.
+    n, node = fabric.get(tally.incr.remote(), timeout=TIMEOUT)
+    assert (n, node) == (4, ({*EU} - {victim}).pop())
+
+    def restarted() -> list[dict[str, Any]]:
+        return [e for e in audit(eu_owner) if e["kind"] == "actor.restart"]
+
+    found = wait_for(restarted, TIMEOUT, "the restart in the audit log")
+    assert isinstance(found, list)
+    assert "from the checkpoint taken after call 3" in found[0]["reasons"][0]

@@ -122,6 +122,9 @@ class Actors(Dispatch):
         actor.resources = dict(spec.resources)
         actor.residency = task.residency
         actor.classes = task.classes
+        if spec.HasField("restore_state"):  # started again after its node was lost
+            actor.checkpoint = spec.restore_state
+            actor.checkpoint_call = actor.calls_done = spec.restore_call
         options = spec.actor_options
         if options.name:
             info = pb.ActorInfo(

@@ -54,6 +54,8 @@ class RemoteActor:
     spec: pb.TaskSpec  # its creation, as submitted here
     node: str
     restarts_left: int  # -1: as often as it takes
+    checkpoint: bytes | None = None  # its latest, when its state may be kept here
+    checkpoint_call: int = 0
 
 
 class Lineages(Bundles):
@@ -77,6 +79,15 @@ class Lineages(Bundles):
         self.remote_actors[key] = RemoteActor(spec, from_node, restarts if restarts >= 0 else -1)
         self.actor_locations[key] = from_node  # calls go straight there, not through a relay
 
+    def _keep_checkpoint(self, task: TaskEntry, finished: pb.TaskFinished) -> None:
+        """A call to an actor created here came back with its checkpoint: keep it, before
+        the call's result is delivered, to start the actor from it if its node is lost."""
+        actor = self.remote_actors.get((task.spec.tenant, task.spec.actor_id))
+        if actor is not None and finished.HasField("checkpoint"):
+            if finished.checkpoint_call >= actor.checkpoint_call:
+                actor.checkpoint = finished.checkpoint
+                actor.checkpoint_call = finished.checkpoint_call
+
     def _actors_lost(self, gone: set[str]) -> None:
         """Start again elsewhere, per `max_restarts`, the actors created here that lived on
         a node in `gone`; the others are dead, and say where they died."""
@@ -91,6 +102,9 @@ class Lineages(Bundles):
                 continue
             again = pb.TaskSpec()
             again.CopyFrom(actor.spec)
+            if actor.checkpoint is not None:
+                again.restore_state = actor.checkpoint
+                again.restore_call = actor.checkpoint_call
             task = TaskEntry(again)
             self.tasks[(again.tenant, again.task_id)] = task
             bad_arg = self._pin_args(task)
@@ -106,9 +120,14 @@ class Lineages(Bundles):
         spec = task.spec
         left = restarts_left - 1 if restarts_left > 0 else -1
         spec.actor_options.max_restarts = left
+        start = (
+            f"the checkpoint taken after call {spec.restore_call}"
+            if spec.HasField("restore_state")
+            else "its constructor"
+        )
         reason = (
-            f"its node {lost_node} was lost: starting it again elsewhere, from its "
-            f"constructor ({'unlimited' if left < 0 else left} restart(s) left)"
+            f"its node {lost_node} was lost: starting it again elsewhere, from {start} "
+            f"({'unlimited' if left < 0 else left} restart(s) left)"
         )
         log.info("actor %s: %s", spec.actor_id.hex(), reason)
         if self.recorder is not None:

@@ -517,6 +517,7 @@ class NodeAgent(Lineages):
             locations.append(location)
         self._keep_lineage(task)
         self._keep_actor(task, finished.ran_on or from_node)
+        self._keep_checkpoint(task, finished)
         if task.spec.kind == pb.ACTOR_CREATION:
             failed = any(loc.HasField("error") for loc in finished.returns)
             if failed:
@@ -539,6 +540,11 @@ class NodeAgent(Lineages):
                 tenant=tenant,
                 ran_on=finished.ran_on or from_node,
             )
+            if finished.HasField("checkpoint") and (tenant, task.spec.actor_id) not in (
+                self.remote_actors
+            ):  # on its way to the node that created the actor
+                relayed.checkpoint = finished.checkpoint
+                relayed.checkpoint_call = finished.checkpoint_call
             self.peers.send(task.origin_node, pb.PeerMessage(finished=relayed))
         for location in locations:
             entry = self.objects.get((tenant, location.object_id))

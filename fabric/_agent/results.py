@@ -126,6 +126,24 @@ class Results(ObjectTable):
             locations.append(location)
         self._finish(task, locations)
 
+    def _send_checkpoint(self, task: TaskEntry, finished: pb.TaskFinished) -> None:
+        """An actor call that came from another node: send the checkpoint taken after it
+        along with its result, toward the node that created the actor, where the actor's
+        state may go (its residency and data classes allow that node)."""
+        spec = task.spec
+        if spec.kind != pb.ACTOR_TASK:
+            return
+        actor = self.actors.get((spec.tenant, spec.actor_id))
+        if actor is None or actor.checkpoint is None or actor.checkpoint_call != actor.calls_done:
+            return  # no checkpoint came with this call
+        origin = task.origin_node
+        if actor.residency is not None and self._region_of(origin) not in actor.residency:
+            return
+        if self._transfer_violation(spec.tenant, actor.residency, actor.classes, origin):
+            return
+        finished.checkpoint = actor.checkpoint
+        finished.checkpoint_call = actor.checkpoint_call
+
     def _fail(self, task: TaskEntry, error: pb.ErrorInfo | bytes) -> None:
         """Finish `task` with `error` in every return slot: a fabric error, or an upstream
         task's exception blob passed on unopened."""
@@ -175,17 +193,11 @@ class Results(ObjectTable):
         self._release_admission(task)
         self._unpin_args(task)
         if task.origin_node:
-            self.peers.send(
-                task.origin_node,
-                pb.PeerMessage(
-                    finished=pb.TaskFinished(
-                        task_id=task.task_id,
-                        returns=locations,
-                        tenant=tenant,
-                        ran_on=self.node_id,
-                    )
-                ),
+            finished = pb.TaskFinished(
+                task_id=task.task_id, returns=locations, tenant=tenant, ran_on=self.node_id
             )
+            self._send_checkpoint(task, finished)
+            self.peers.send(task.origin_node, pb.PeerMessage(finished=finished))
         for location in locations:
             entry = self.objects.get((tenant, location.object_id))
             if entry is not None:

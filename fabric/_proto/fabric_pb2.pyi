@@ -125,7 +125,7 @@ class ActorOptions(_message.Message):
     def __init__(self, max_restarts: _Optional[int] = ..., max_task_retries: _Optional[int] = ..., max_concurrency: _Optional[int] = ..., name: _Optional[str] = ..., namespace: _Optional[str] = ..., detached: _Optional[bool] = ..., class_name: _Optional[str] = ..., handle_meta: _Optional[str] = ...) -> None: ...
 
 class TaskSpec(_message.Message):
-    __slots__ = ("task_id", "kind", "function_digest", "function_blob", "function_name", "args", "num_returns", "resources", "max_retries", "retry_exceptions", "actor_id", "method_name", "sequence_no", "actor_options", "parent_task_id", "owner_node", "tenant", "job_id", "caller_id", "actor_node", "hops", "label_selector", "residency_label", "residency", "policy_version", "audit_parent", "budget", "data_classes", "trace_context")
+    __slots__ = ("task_id", "kind", "function_digest", "function_blob", "function_name", "args", "num_returns", "resources", "max_retries", "retry_exceptions", "actor_id", "method_name", "sequence_no", "actor_options", "parent_task_id", "owner_node", "tenant", "job_id", "caller_id", "actor_node", "hops", "label_selector", "residency_label", "residency", "policy_version", "audit_parent", "budget", "data_classes", "trace_context", "restore_state", "restore_call")
     class ResourcesEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -176,6 +176,8 @@ class TaskSpec(_message.Message):
     BUDGET_FIELD_NUMBER: _ClassVar[int]
     DATA_CLASSES_FIELD_NUMBER: _ClassVar[int]
     TRACE_CONTEXT_FIELD_NUMBER: _ClassVar[int]
+    RESTORE_STATE_FIELD_NUMBER: _ClassVar[int]
+    RESTORE_CALL_FIELD_NUMBER: _ClassVar[int]
     task_id: bytes
     kind: TaskKind
     function_digest: bytes
@@ -205,7 +207,9 @@ class TaskSpec(_message.Message):
     budget: Budget
     data_classes: _containers.RepeatedScalarFieldContainer[str]
     trace_context: _containers.ScalarMap[str, str]
-    def __init__(self, task_id: _Optional[bytes] = ..., kind: _Optional[_Union[TaskKind, str]] = ..., function_digest: _Optional[bytes] = ..., function_blob: _Optional[bytes] = ..., function_name: _Optional[str] = ..., args: _Optional[_Iterable[_Union[Arg, _Mapping]]] = ..., num_returns: _Optional[int] = ..., resources: _Optional[_Mapping[str, float]] = ..., max_retries: _Optional[int] = ..., retry_exceptions: _Optional[bool] = ..., actor_id: _Optional[bytes] = ..., method_name: _Optional[str] = ..., sequence_no: _Optional[int] = ..., actor_options: _Optional[_Union[ActorOptions, _Mapping]] = ..., parent_task_id: _Optional[bytes] = ..., owner_node: _Optional[str] = ..., tenant: _Optional[str] = ..., job_id: _Optional[bytes] = ..., caller_id: _Optional[bytes] = ..., actor_node: _Optional[str] = ..., hops: _Optional[int] = ..., label_selector: _Optional[_Mapping[str, str]] = ..., residency_label: _Optional[str] = ..., residency: _Optional[str] = ..., policy_version: _Optional[str] = ..., audit_parent: _Optional[str] = ..., budget: _Optional[_Union[Budget, _Mapping]] = ..., data_classes: _Optional[_Iterable[str]] = ..., trace_context: _Optional[_Mapping[str, str]] = ...) -> None: ...
+    restore_state: bytes
+    restore_call: int
+    def __init__(self, task_id: _Optional[bytes] = ..., kind: _Optional[_Union[TaskKind, str]] = ..., function_digest: _Optional[bytes] = ..., function_blob: _Optional[bytes] = ..., function_name: _Optional[str] = ..., args: _Optional[_Iterable[_Union[Arg, _Mapping]]] = ..., num_returns: _Optional[int] = ..., resources: _Optional[_Mapping[str, float]] = ..., max_retries: _Optional[int] = ..., retry_exceptions: _Optional[bool] = ..., actor_id: _Optional[bytes] = ..., method_name: _Optional[str] = ..., sequence_no: _Optional[int] = ..., actor_options: _Optional[_Union[ActorOptions, _Mapping]] = ..., parent_task_id: _Optional[bytes] = ..., owner_node: _Optional[str] = ..., tenant: _Optional[str] = ..., job_id: _Optional[bytes] = ..., caller_id: _Optional[bytes] = ..., actor_node: _Optional[str] = ..., hops: _Optional[int] = ..., label_selector: _Optional[_Mapping[str, str]] = ..., residency_label: _Optional[str] = ..., residency: _Optional[str] = ..., policy_version: _Optional[str] = ..., audit_parent: _Optional[str] = ..., budget: _Optional[_Union[Budget, _Mapping]] = ..., data_classes: _Optional[_Iterable[str]] = ..., trace_context: _Optional[_Mapping[str, str]] = ..., restore_state: _Optional[bytes] = ..., restore_call: _Optional[int] = ...) -> None: ...
 
 class Hello(_message.Message):
     __slots__ = ("namespace", "host_token")
@@ -689,16 +693,20 @@ class ObjectLocation(_message.Message):
     def __init__(self, object_id: _Optional[bytes] = ..., tenant: _Optional[str] = ..., inline_blob: _Optional[bytes] = ..., stored_size: _Optional[int] = ..., error: _Optional[_Union[ErrorInfo, _Mapping]] = ..., contained_ids: _Optional[_Iterable[bytes]] = ..., residency: _Optional[str] = ..., data_classes: _Optional[_Iterable[str]] = ..., moved_to: _Optional[str] = ...) -> None: ...
 
 class TaskFinished(_message.Message):
-    __slots__ = ("task_id", "returns", "tenant", "ran_on")
+    __slots__ = ("task_id", "returns", "tenant", "ran_on", "checkpoint", "checkpoint_call")
     TASK_ID_FIELD_NUMBER: _ClassVar[int]
     RETURNS_FIELD_NUMBER: _ClassVar[int]
     TENANT_FIELD_NUMBER: _ClassVar[int]
     RAN_ON_FIELD_NUMBER: _ClassVar[int]
+    CHECKPOINT_FIELD_NUMBER: _ClassVar[int]
+    CHECKPOINT_CALL_FIELD_NUMBER: _ClassVar[int]
     task_id: bytes
     returns: _containers.RepeatedCompositeFieldContainer[ObjectLocation]
     tenant: str
     ran_on: str
-    def __init__(self, task_id: _Optional[bytes] = ..., returns: _Optional[_Iterable[_Union[ObjectLocation, _Mapping]]] = ..., tenant: _Optional[str] = ..., ran_on: _Optional[str] = ...) -> None: ...
+    checkpoint: bytes
+    checkpoint_call: int
+    def __init__(self, task_id: _Optional[bytes] = ..., returns: _Optional[_Iterable[_Union[ObjectLocation, _Mapping]]] = ..., tenant: _Optional[str] = ..., ran_on: _Optional[str] = ..., checkpoint: _Optional[bytes] = ..., checkpoint_call: _Optional[int] = ...) -> None: ...
 
 class ActorCreated(_message.Message):
     __slots__ = ("actor_id", "error")
