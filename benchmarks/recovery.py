@@ -85,27 +85,7 @@ POLL = 0.005  # seconds between looks at a report file
 ELEMENTS = 64 * 1024  # float64: 512 KiB, stored on the node that made it, not inline
 WORK: dict[str, float] = {"work": 1}
 
-RESIDENCY_POLICY = """
-apiVersion: fabric/v1
-kind: Policy
-regions:
-  eu-central: {jurisdiction: EU}
-  us-east: {jurisdiction: US}
-nodes:
-  - identity: "node/eu-*"
-    regions: [eu-central]
-  - identity: "node/us-*"
-    regions: [us-east]
-tenants:
-  alice:
-    identities: [tenant/alice]
-    placement:
-      allow: [any]
-    residency:
-      default: EU
-roles:
-  operators: [operator/admin]
-"""
+RESIDENCY_POLICY = Path(__file__).resolve().parent.parent / "configs" / "policy-eu-only.yaml"
 
 
 # ----------------------------------------------------------------------------- remote code
@@ -267,8 +247,7 @@ def lost_chain(length: int, residency: bool, cold: bool) -> dict[str, float]:
         policy = None
         tenant = "default"
         if residency:
-            policy = work / "policy.yaml"
-            policy.write_text(RESIDENCY_POLICY)
+            policy = RESIDENCY_POLICY
             tenant = "alice"
         nodes = [
             NodeSpec("us-1", "us-east", {"CPU": 2.0, "work": 100.0} if residency else {"CPU": 2.0}),

@@ -2,7 +2,8 @@
 
 One network namespace per node agent, the head in the root namespace on the topology's
 bridge address (its state directory keeps its audit log and ``head.db`` across a restart),
-under the policy of `tests.test_lineage`: alice's data may live only in the EU. The hosts:
+under ``configs/policy-eu-only.yaml``, as ``tests/test_lineage.py``: alice's data may live
+only in the EU. The hosts:
 
     us-1  (us-east)     the driver's agent: it owns everything the driver submits
     eu-1, eu-2, eu-3    (eu-central) where alice's work may run and her results may live
@@ -216,8 +217,6 @@ def fab(hosts4: Topology, tmp_path: Path) -> Iterator[Fabric]:
         ("operator", "admin"),
     ]:
         ca.issue(kind, name)
-    policy = base / "policy.yaml"
-    policy.write_text(POLICY)
     # One directory for every agent's store, so that the teardown reclaims the stores of
     # agents that were killed and could not clean up.
     store_root = Path(tempfile.mkdtemp(prefix="fabric-fault-", dir=default_store_root()))
@@ -226,7 +225,7 @@ def fab(hosts4: Topology, tmp_path: Path) -> Iterator[Fabric]:
         topology=hosts4,
         base=base,
         certs=certs,
-        policy=policy,
+        policy=POLICY,
         operator=Credentials.load(credentials(certs, "operator", "admin")),
         hosts=dict(zip(REGIONS, hosts4.hosts, strict=True)),
         store_root=store_root,

@@ -37,27 +37,7 @@ ELEMENTS = 64 * 1024  # float64: 512 KiB, stored rather than inline
 CHAIN = 10
 EU = ("eu-1", "eu-2")
 
-POLICY = """
-apiVersion: fabric/v1
-kind: Policy
-regions:
-  eu-central: {jurisdiction: EU}
-  us-east: {jurisdiction: US}
-nodes:
-  - identity: "node/eu-*"
-    regions: [eu-central]
-  - identity: "node/us-*"
-    regions: [us-east]
-tenants:
-  alice:
-    identities: [tenant/alice]
-    placement:
-      allow: [any]
-    residency:
-      default: EU
-roles:
-  operators: [operator/admin]
-"""
+POLICY = Path(__file__).parent.parent / "configs" / "policy-eu-only.yaml"
 
 
 @contextlib.contextmanager
@@ -77,16 +57,14 @@ def session_as(address: str, certs: Path, identity: str) -> Iterator[None]:
 
 
 @pytest.fixture
-def cluster(tmp_path: Path) -> Iterator[LocalCluster]:
-    policy = tmp_path / "policy.yaml"
-    policy.write_text(POLICY)
+def cluster() -> Iterator[LocalCluster]:
     nodes = [
         NodeSpec("us-1", "us-east", {"CPU": 2, "work": 100}),
         NodeSpec("eu-1", "eu-central", {"CPU": 2, "work": 100}),
         NodeSpec("eu-2", "eu-central", {"CPU": 2, "work": 100}),
     ]
     with (
-        LocalCluster(nodes, policy=policy, tenants=("alice",)) as cluster,
+        LocalCluster(nodes, policy=POLICY, tenants=("alice",)) as cluster,
         session_as(cluster.agent_addresses["us-1"], cluster.certs_dir, "tenant/alice"),
     ):
         wait_for(lambda: len(fabric.nodes()) == 3, TIMEOUT, "us-1 to see all three nodes")
@@ -372,17 +350,15 @@ def test_an_actor_being_created_on_a_lost_node_is_created_elsewhere(
 
 
 @pytest.fixture
-def eu_owner(tmp_path: Path) -> Iterator[LocalCluster]:
+def eu_owner() -> Iterator[LocalCluster]:
     """The same policy, the driver's agent in the EU: it may keep alice's actor state."""
-    policy = tmp_path / "policy.yaml"
-    policy.write_text(POLICY)
     nodes = [
         NodeSpec("eu-0", "eu-central", {"CPU": 2}),
         NodeSpec("eu-1", "eu-central", {"CPU": 2, "work": 100}),
         NodeSpec("eu-2", "eu-central", {"CPU": 2, "work": 100}),
     ]
     with (
-        LocalCluster(nodes, policy=policy, tenants=("alice",)) as cluster,
+        LocalCluster(nodes, policy=POLICY, tenants=("alice",)) as cluster,
         session_as(cluster.agent_addresses["eu-0"], cluster.certs_dir, "tenant/alice"),
     ):
         wait_for(lambda: len(fabric.nodes()) == 3, TIMEOUT, "eu-0 to see all three nodes")

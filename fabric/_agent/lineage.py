@@ -63,18 +63,21 @@ class Lineages(Bundles):
         """`task` ran on `from_node`: if it created an actor there, remember how, to start
         it again; if a call found the actor dead, forget it."""
         spec = task.spec
+        if spec.kind == pb.NORMAL_TASK:
+            return
         key = (spec.tenant, spec.actor_id)
-        entries = [self.objects.get((spec.tenant, object_id)) for object_id in task.return_ids]
-        failed = any(e is not None and e.error is not None for e in entries)
-        if spec.kind == pb.ACTOR_TASK and failed:
-            if any(
-                e is not None and e.error is not None and e.error.kind == E.ACTOR_DIED
-                for e in entries
-            ):
+        errors = [
+            entry.error
+            for object_id in task.return_ids
+            if (entry := self.objects.get((spec.tenant, object_id))) is not None
+            and entry.error is not None
+        ]
+        if spec.kind == pb.ACTOR_TASK:
+            if any(error.kind == E.ACTOR_DIED for error in errors):
                 self.remote_actors.pop(key, None)
             return
-        if spec.kind != pb.ACTOR_CREATION or task.origin_node or failed:
-            return  # not an actor created here, or it never started
+        if task.origin_node or errors:
+            return  # created for another node, or it never started
         restarts = spec.actor_options.max_restarts
         self.remote_actors[key] = RemoteActor(spec, from_node, restarts if restarts >= 0 else -1)
         self.actor_locations[key] = from_node  # calls go straight there, not through a relay
@@ -175,6 +178,8 @@ class Lineages(Bundles):
     def _answer_from_copies(self, from_node: str, spec: pb.TaskSpec) -> bool:
         """A task run again to rebuild its results, sent to a node that holds a copy of
         every one of them: answer with the copies instead of running it."""
+        if spec.num_returns == 0 or (spec.tenant, return_id(spec.task_id, 0)) not in self.objects:
+            return False  # the usual case: nothing of it here
         ids = [return_id(spec.task_id, index) for index in range(spec.num_returns)]
         copies = [self.objects.get((spec.tenant, object_id)) for object_id in ids]
         held = [
@@ -185,7 +190,7 @@ class Lineages(Bundles):
             and e.error is None
             and (e.cache or e.remote_owner == from_node)
         ]
-        if not ids or len(held) != len(ids) or (spec.tenant, spec.task_id) in self.tasks:
+        if len(held) != len(ids) or (spec.tenant, spec.task_id) in self.tasks:
             return False
         locations = []
         for object_id, entry in zip(ids, held, strict=True):
@@ -212,7 +217,9 @@ class Lineages(Bundles):
                 policy=spec.policy_version,
                 parent=spec.audit_parent,
             )
-        finished = pb.TaskFinished(task_id=spec.task_id, tenant=spec.tenant, returns=locations)
+        finished = pb.TaskFinished(
+            task_id=spec.task_id, tenant=spec.tenant, returns=locations, ran_on=self.node_id
+        )
         self.peers.send(from_node, pb.PeerMessage(finished=finished))
         return True
 

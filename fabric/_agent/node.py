@@ -495,6 +495,7 @@ class NodeAgent(Lineages):
         if task is None or task.remote_node != from_node:
             return
         expected = set(task.return_ids)
+        ran_on = finished.ran_on or from_node
         locations = []
         for location in finished.returns:
             object_id = location.object_id
@@ -505,10 +506,10 @@ class NodeAgent(Lineages):
             entry.residency = decode_regions(location.residency)
             entry.classes = frozenset(location.data_classes)
             if which == "stored_size":
-                # The blob stays where it was made until we free it. A relayed result names
-                # that node; the relay hears of the free with the holder's copies.
-                entry.location = location.moved_to or from_node
-                if location.moved_to:
+                # The blob stays where it was made until we free it. When it came through
+                # a relay, the relay hears of the free with the holder's copies.
+                entry.location = ran_on
+                if ran_on != from_node:
                     entry.copies.add(from_node)
             else:
                 self._fill(entry, object_id, location)
@@ -516,7 +517,7 @@ class NodeAgent(Lineages):
             entry.state = ObjState.READY
             locations.append(location)
         self._keep_lineage(task)
-        self._keep_actor(task, finished.ran_on or from_node)
+        self._keep_actor(task, ran_on)
         self._keep_checkpoint(task, finished)
         if task.spec.kind == pb.ACTOR_CREATION:
             failed = any(loc.HasField("error") for loc in finished.returns)
@@ -530,15 +531,9 @@ class NodeAgent(Lineages):
         self._unpin_args(task)
         if task.origin_node:
             # We only relayed this task (e.g. a call to an actor we placed): pass the
-            # results on. Stored ones are fetched through us, since we know where they are.
-            for location in locations:
-                if location.WhichOneof("value") == "stored_size" and not location.moved_to:
-                    location.moved_to = from_node  # where it is: the owner asks there
+            # results on, with the node that ran it, where stored ones are fetched.
             relayed = pb.TaskFinished(
-                task_id=task.task_id,
-                returns=locations,
-                tenant=tenant,
-                ran_on=finished.ran_on or from_node,
+                task_id=task.task_id, returns=locations, tenant=tenant, ran_on=ran_on
             )
             if finished.HasField("checkpoint") and (tenant, task.spec.actor_id) not in (
                 self.remote_actors
